@@ -1,0 +1,78 @@
+"""The `spacetime` command line.
+
+Each subcommand lives in its own module under `pipelines.commands` with two functions,
+`add_arguments(parser)` and `run(args) -> int`. The table below names them; a module is imported
+only when its subcommand runs, so `spacetime --help` and `spacetime info` start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipelines import __version__
+from pipelines.errors import EXIT_USER_ERROR, UserError
+
+# name -> (one-line help, module in pipelines.commands, or None while the subcommand is not built)
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "generate": ("text-to-video: make a clip from a prompt", None),
+    "animate": ("image-to-video: bring a still to life from a prompt", None),
+    "extend": ("continue a video for N more frames", None),
+    "reconstruct": ("encode and decode a video with the VAE; print PSNR and SSIM", None),
+    "train": ("train a VAE or DiT from a YAML config", None),
+    "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", None),
+    "cache-latents": ("pre-compute VAE latents and prompt embeddings for training", None),
+    "eval": ("evaluate a model on the held-out toy-world split", None),
+    "bench": ("run the benchmarks and print their tables", None),
+    "info": ("describe a video, an image or a model folder as JSON", "pipelines.commands.info"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spacetime",
+        description="spacetime-video: generate video with diffusion transformers over spacetime patches.",
+    )
+    parser.add_argument("--version", action="version", version=f"spacetime-video {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, module_name) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if module_name is not None:
+            _load(module_name).add_arguments(p)
+        else:
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _load(module_name: str):
+    return importlib.import_module(module_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    _, module_name = COMMANDS[args.command]
+    if module_name is None:
+        print(f"spacetime {args.command}: not built yet in spacetime-video {__version__}.", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return int(_load(module_name).run(args) or 0)
+    except KeyboardInterrupt:
+        print("spacetime: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+        if args.debug:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"spacetime {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""vae3d: a causal 3D convolutional video VAE with streaming encode and decode."""
