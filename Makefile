@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/spacetime generate "a red circle moves to the right on a black background" --out outputs/
+	$(VENV)/bin/spacetime generate "a red circle moves to the right on a black background" --preview
 
 bench: $(STAMP)
 	$(VENV)/bin/spacetime bench
