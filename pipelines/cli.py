@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", None),
     "cache-latents": ("pre-compute VAE latents and prompt embeddings for training", None),
     "eval": ("evaluate a model on the held-out toy-world split", None),
-    "bench": ("run the benchmarks and print their tables", None),
+    "bench": ("run the benchmarks and print their tables", "pipelines.commands.bench"),
     "info": ("describe a video, an image or a model folder as JSON", "pipelines.commands.info"),
 }
 

@@ -72,3 +72,14 @@ def test_a_subcommand_that_is_not_built_says_so(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "bench", ("run the benchmarks", None))
     assert cli.main(["bench"]) == 2
     assert "not built yet" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unknown_name(monkeypatch, tmp_path, capsys):
+    from pipelines.commands import bench
+
+    (tmp_path / "bench_fast.py").write_text("print('| ours | ref |')\n")
+    monkeypatch.setattr(bench, "TOOLS", tmp_path)
+    assert cli.main(["bench", "--list"]) == 0
+    assert capsys.readouterr().out.split() == ["fast"]
+    assert cli.main(["bench", "slow"]) == 2
+    assert "unknown benchmark slow; choose from fast" in capsys.readouterr().err
