@@ -228,7 +228,7 @@ class LatentCache(torch.utils.data.Dataset):
             warnings.warn(f"{self.root}: skipping {len(short)} clip(s) shorter than {latent_frames} latent frames",
                           SkippedFileWarning, stacklevel=2)
         if not self.entries:
-            raise UserError(f"{self.root}: no usable clips, {skip_summary(self.skipped, 0)}")
+            raise UserError(f"{self.root}: no usable clips, {skip_summary(self.skipped, 0, 'clips')}")
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -273,7 +273,8 @@ class LatentCache(torch.utils.data.Dataset):
             return _read_text(f, "null", len(null["text_lengths"]))
 
     def summary(self) -> str:
-        return skip_summary(self.skipped, len(self.entries) - sum(e["path"] in self.skipped for e in self.entries))
+        used = len(self.entries) - sum(e["path"] in self.skipped for e in self.entries)
+        return skip_summary(self.skipped, used, "clips")
 
     def __repr__(self) -> str:
         return f"LatentCache({str(self.root)!r}: {len(self)} clips in {len(self.buckets)} buckets)"

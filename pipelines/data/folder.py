@@ -62,13 +62,13 @@ def warn_skip(path: str, reason: str) -> None:
     warnings.warn(f"skipping {path}: {reason}", SkippedFileWarning, stacklevel=3)
 
 
-def skip_summary(skipped: dict[str, str], used: int) -> str:
+def skip_summary(skipped: dict[str, str], used: int, noun: str = "files") -> str:
     """'10 files used, 2 skipped (1 unreadable, 1 too short)'"""
     if not skipped:
-        return f"{used} files used, none skipped"
+        return f"{used} {noun} used, none skipped"
     kinds = Counter(reason.split(":", 1)[0] for reason in skipped.values())
     detail = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
-    return f"{used} files used, {len(skipped)} skipped ({detail})"
+    return f"{used} {noun} used, {len(skipped)} skipped ({detail})"
 
 
 class VideoFolder(torch.utils.data.Dataset):
