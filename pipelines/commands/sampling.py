@@ -1,0 +1,200 @@
+"""What `spacetime generate`, `animate` and `extend` share: their options and the run itself.
+
+Each command adds its own positional arguments, then `add_sampling_arguments`; its `run` calls
+`run_sampling(args, task)`. Everything that can be checked (the model folder, the output path,
+the input files, the sizes) is checked before the model runs, and fails as one line.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import unicodedata
+from datetime import datetime
+from pathlib import Path
+
+from pipelines.errors import UserError
+
+
+def add_sampling_arguments(parser, *, frames_required: bool = False) -> None:
+    """The options of every sampling command."""
+    parser.add_argument("--negative-prompt", default=None, metavar="T",
+                        help="what to steer away from (default: guidance away from the empty prompt)")
+    parser.add_argument("--frames", type=int, required=frames_required, default=None, metavar="N",
+                        help="new frames after the input (required)" if frames_required else
+                        "pixel frames, 1 + 4k (default: the model's native length; more makes a long video)")
+    parser.add_argument("--size", default=None, metavar="WxH", help="frame size (default: the model's native size)")
+    parser.add_argument("--fps", type=float, default=None, metavar="F", help="frame rate of the output file")
+    parser.add_argument("--steps", type=int, default=None, metavar="S", help="sampling steps (default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, metavar="G",
+                        help="classifier-free guidance scale; 1 turns it off (default: the model's)")
+    parser.add_argument("--seed", type=int, default=None, metavar="N",
+                        help="random seed; same seed and options give the same frames (default: drawn and printed)")
+    parser.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the installed model)")
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="output .mp4, .gif, .webp or folder/ of PNGs (default: outputs/<time>-<prompt>.mp4)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="precision of the transformer (default: fp32)")
+    parser.add_argument("--preview", action="store_true", help="also write a contact-sheet PNG beside the output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def parse_size(text: str | None) -> tuple[int | None, int | None]:
+    """'WxH' -> (width, height); None -> (None, None)."""
+    if text is None:
+        return None, None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX*]\s*(\d+)\s*", text)
+    if not match:
+        raise UserError(f"--size {text!r} is not WxH; write it like 64x64")
+    return int(match.group(1)), int(match.group(2))
+
+
+def slug(prompt: str, limit: int = 48) -> str:
+    """A file-name-safe slug of a prompt: 'A red circle, moving!' -> 'a-red-circle-moving'."""
+    text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode().lower()
+    words = re.findall(r"[a-z0-9]+", text)
+    out = ""
+    for word in words:
+        candidate = f"{out}-{word}" if out else word
+        if len(candidate) > limit:
+            break
+        out = candidate
+    return out or "clip"
+
+
+def default_output(prompt: str, now: datetime | None = None) -> Path:
+    now = now or datetime.now()
+    return Path("outputs") / f"{now:%Y%m%d-%H%M%S}-{slug(prompt)}.mp4"
+
+
+def preview_path(out: Path) -> Path:
+    """The contact sheet of `clip.mp4` is `clip.png`; of a folder `frames/`, `frames.png`."""
+    out = Path(str(out).rstrip("/\\"))
+    return out.with_suffix(".png") if out.suffix else out.with_name(out.name + ".png")
+
+
+def resolve_model(path: str | None) -> Path:
+    from pipelines.pipeline import default_model_path
+
+    return default_model_path() if path is None else Path(path)
+
+
+def load_pipeline(model: Path, device: str, dtype: str):
+    import torch
+
+    from pipelines.pipeline import SpacetimePipeline
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    pipe = SpacetimePipeline.from_pretrained(model, torch_dtype=torch.bfloat16 if dtype == "bf16" else None,
+                                             device=device)
+    return pipe
+
+
+def run_sampling(args, task: str) -> int:
+    """task: 'generate' (text-to-video), 'animate' (image-to-video) or 'extend'."""
+    from pipelines.video_io import VideoWriter, check_writable, read_image, read_video, sidecar_path, write_contact_sheet, write_json
+
+    started = time.perf_counter()
+    name = f"spacetime {task}"
+    width, height = parse_size(args.size)
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps {args.steps}; use 1 or more")
+    if args.fps is not None and not args.fps > 0:
+        raise UserError(f"--fps {args.fps:g}; use a positive frame rate such as 8")
+    model = resolve_model(args.model)
+
+    out = Path(args.out) if args.out else default_output(args.prompt)
+    out_text = args.out if args.out else str(out)
+    check_writable(out_text, args.overwrite)
+    for extra in [sidecar_path(out_text)] + ([preview_path(out)] if args.preview else []):
+        if extra.exists() and not args.overwrite:
+            raise UserError(f"{extra} already exists; pass --overwrite to replace it")
+
+    # Inputs are read before the model is loaded: a bad file fails fast.
+    image = video = None
+    input_fps = None
+    if task == "animate":
+        image = read_image(args.image)
+    elif task == "extend":
+        clip = read_video(args.video)
+        video, input_fps = clip.frames, clip.fps
+
+    import torch
+
+    pipe = load_pipeline(model, args.device, args.dtype)
+    request = pipe.check_inputs(args.prompt, args.frames, height, width, extend=task == "extend",
+                                input_frames=None if video is None else len(video),
+                                allow_empty_prompt=task != "generate")
+    for notice in request.notices:
+        print(f"{name}: notice: {notice}", file=sys.stderr)
+    if not args.prompt.strip():
+        print(f"{name}: notice: the prompt is empty; the clip follows the input frames only", file=sys.stderr)
+    seed = args.seed
+    if seed is None:
+        import secrets
+
+        seed = secrets.randbelow(2**31)
+        print(f"{name}: seed {seed}", file=sys.stderr)
+    fps = args.fps or input_fps or pipe.config.fps
+    total = request.num_frames + (0 if video is None else len(video))
+    known = 1 if image is not None else 0 if video is None else pipe.prefix_latent_frames(len(video))
+    windows = len(pipe.windows(request, known))
+    if windows > 1:
+        print(f"{name}: {total} frames in {windows} windows of {pipe.config.native_frames}", file=sys.stderr)
+
+    import numpy as np
+
+    picks = set(np.unique(np.round(np.linspace(0, total - 1, min(total, 8))).astype(int)).tolist())
+    preview: list = []
+    count = [0]
+    writer = VideoWriter(out_text, fps, overwrite=args.overwrite)
+
+    def on_frames(frames: np.ndarray) -> None:
+        writer.write(frames)
+        for k in range(len(frames)):
+            if count[0] + k in picks:
+                preview.append(frames[k].copy())
+        count[0] += len(frames)
+
+    try:
+        result = pipe(
+            args.prompt, negative_prompt=args.negative_prompt, num_frames=request.num_frames,
+            height=request.height, width=request.width, num_inference_steps=args.steps,
+            guidance_scale=args.guidance, image=image, video=video,
+            generator=torch.Generator().manual_seed(seed), on_frames=on_frames,
+        )
+        path = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    elapsed = time.perf_counter() - started
+    from pipelines import __version__
+
+    record = {
+        "task": task,
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "seed": seed,
+        "frames": count[0],
+        "width": result.width,
+        "height": result.height,
+        "fps": fps,
+        "steps": args.steps or pipe.config.num_inference_steps,
+        "guidance": pipe.config.guidance_scale if args.guidance is None else args.guidance,
+        "model": str(model),
+        "device": args.device,
+        "dtype": args.dtype,
+        "input": str(args.image if task == "animate" else args.video) if task != "generate" else None,
+        "notices": request.notices,
+        "seconds": round(elapsed, 3),
+        "spacetime_version": __version__,
+    }
+    write_json(sidecar_path(path), record, overwrite=True)
+    if args.preview:
+        write_contact_sheet(preview_path(path), np.stack(preview), overwrite=True)
+    print(f"{name}: wrote {path} ({count[0]} frames, {result.width}x{result.height}, {fps:g} fps) "
+          f"in {elapsed:.1f} s")
+    return 0
