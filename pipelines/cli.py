@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "animate": ("image-to-video: bring a still to life from a prompt", None),
     "extend": ("continue a video for N more frames", None),
     "reconstruct": ("encode and decode a video with the VAE; print PSNR and SSIM", None),
-    "train": ("train a VAE or DiT from a YAML config", None),
+    "train": ("train a VAE or DiT from a YAML config", "pipelines.commands.train"),
     "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", None),
     "cache-latents": ("pre-compute VAE latents and prompt embeddings for training", None),
     "eval": ("evaluate a model on the held-out toy-world split", None),

@@ -1,0 +1,603 @@
+"""The training loop: one loop for the VAE and the DiT, for pretraining and fine-tuning.
+
+    from pipelines.config import load_config
+    from pipelines.train import train
+    train(load_config("configs/train/dit_tiny.yaml", ["steps=100"]))
+
+Read top to bottom: the given-frame tasks, the two things that can be trained (`DiTTask`,
+`VAETask`: model, loss of a batch, preview samples), the learning-rate schedule, checkpoints, then
+`train()` itself. Parallelism (plain PyTorch or DeepSpeed ZeRO) hides behind `distributed.Engine`.
+
+A run folder holds `config.yaml` (the resolved config), `log.jsonl` (one line per logged step),
+`tensorboard/`, `samples/`, `checkpoints/step_XXXXXXXX/` (the last `keep_last`) and `model/`, the
+final weights as a `save_pretrained` folder (EMA weights when EMA is on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from pipelines import distributed
+from pipelines.config import GivenFrames, TrainConfig, from_dict
+from pipelines.distributed import DeepSpeedEngine, Engine, ShardedEMA, World
+from pipelines.errors import UserError
+
+# ------------------------------------------------------------------------------------------------
+# Given frames: which latent frames a DiT training sample gets as conditioning
+# ------------------------------------------------------------------------------------------------
+
+GIVEN_MODES = ("none", "first", "prefix", "first_last")
+
+
+def draw_given_mask(batch: int, frames: int, probs: GivenFrames, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A (batch, frames) bool mask of given latent frames, one pattern per sample drawn with `probs`:
+    none (text-to-video), first (image-to-video), prefix of k in [1, frames-1] (extension, long
+    video), first_last (interpolation). Patterns a clip this short cannot have are left out and the
+    others renormalised: a one-frame clip (an image) gets none, first_last needs three frames."""
+    weights = torch.tensor([probs.none, probs.first, probs.prefix, probs.first_last], dtype=torch.float64)
+    if frames < 2:
+        weights[1:] = 0
+    if frames < 3:
+        weights[3] = 0
+    if weights.sum() == 0:
+        weights[0] = 1
+    modes = torch.multinomial(weights, batch, replacement=True, generator=generator)
+    ks = torch.randint(1, max(2, frames), (batch,), generator=generator)  # prefix lengths in [1, frames-1]
+    mask = torch.zeros(batch, frames, dtype=torch.bool)
+    for i, (mode, k) in enumerate(zip(modes.tolist(), ks.tolist())):
+        if GIVEN_MODES[mode] == "first":
+            mask[i, 0] = True
+        elif GIVEN_MODES[mode] == "prefix":
+            mask[i, :k] = True
+        elif GIVEN_MODES[mode] == "first_last":
+            mask[i, 0] = mask[i, -1] = True
+    return mask
+
+
+# ------------------------------------------------------------------------------------------------
+# What is trained: a task holds the model and knows the loss of a batch and how to preview
+# ------------------------------------------------------------------------------------------------
+
+
+class DiTTask:
+    """Rectified-flow training of a VideoDiT on VAE latents (from pixels on the fly, or a latent cache)."""
+
+    def __init__(self, cfg: TrainConfig, world: World):
+        from video_dit import PRESETS, VideoDiT
+
+        self.cfg = cfg
+        self.device = world.device
+        self.text = load_text_encoders(cfg.model.text_encoders, self.device)
+        # Latents from a cache need no VAE, except to decode preview samples.
+        self.vae = None
+        if not cfg.data.latent_cache or cfg.sample_every:
+            self.vae = load_component("vae", cfg.model.vae).to(self.device).eval().requires_grad_(False)
+        if cfg.model.init:
+            self.model = load_component("transformer", cfg.model.init)
+        else:
+            if self.vae is not None:
+                channels = self.vae.config.latent_channels
+            else:
+                from pipelines.data import read_index
+
+                channels = read_index(cfg.data.latent_cache)["entries"][0]["latent_shape"][0]
+            self.model = VideoDiT(in_channels=channels, text_dims=self.text_dims,
+                                  **{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
+        self.model.to(self.device)
+        self.spatial_multiple = self.model.patch[1] * (self.vae.spatial_factor if self.vae is not None else 1)
+
+    @property
+    def text_dims(self) -> tuple[int, ...]:
+        return tuple(self.text.dims) if self.text is not None else ()
+
+    def encode_text(self, prompts: list[str]):
+        if self.text is None:
+            return [], []
+        with torch.no_grad():
+            return self.text.encode(prompts)
+
+    def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg.dit
+        if "latents" in batch:  # from the latent cache
+            x0 = batch["latents"].to(self.device)
+            states = [s.to(self.device) for s in batch["text_states"]]
+            masks = [m.to(self.device) for m in batch["text_masks"]]
+        else:
+            with torch.no_grad():
+                x0 = self.vae.encode_latents(batch["video"].to(self.device))
+            states, masks = self.encode_text(batch["caption"])
+        if states and cfg.text_drop > 0:
+            states, masks = self.text.drop_encoders(states, masks, cfg.text_drop, generator)
+        given = draw_given_mask(x0.shape[0], x0.shape[2], cfg.given, generator)
+        from video_dit import flow
+
+        out = flow.training_losses(model, x0, dict(text_states=states, text_masks=masks), given_mask=given,
+                                   context_noise=cfg.context_noise, timestep_sampling=cfg.timestep_sampling,
+                                   shift=cfg.shift, generator=generator)
+        return out["loss"]
+
+    @torch.no_grad()
+    def sample(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Preview: one clip per prompt of `dit.sample_prompts`, the shape of the current batch."""
+        from video_dit import flow
+
+        cfg = self.cfg.dit
+        shape = batch["latents"].shape[1:] if "latents" in batch else None
+        if shape is None:
+            shape = self.vae.encode_latents(batch["video"][:1].to(self.device)).shape[1:]
+        prompts = cfg.sample_prompts
+        cond = uncond = None
+        if self.text is not None:
+            states, masks = self.encode_text(prompts)
+            cond = dict(text_states=states, text_masks=masks)
+            states, masks = self.encode_text([""] * len(prompts))
+            uncond = dict(text_states=states, text_masks=masks)
+        noise = torch.randn((len(prompts), *shape), generator=generator).to(self.device)
+        latents = flow.sample(model, noise, cond, uncond, guidance=cfg.sample_guidance, num_steps=cfg.sample_steps,
+                              shift=cfg.shift)
+        return self.vae.decode_latents(latents)
+
+
+class VAETask:
+    """Training of a CausalVideoVAE: reconstruction + KL (+ adversarial loss after a warm-up)."""
+
+    def __init__(self, cfg: TrainConfig, world: World):
+        from vae3d import PRESETS, CausalVideoVAE
+        from vae3d.losses import VAELoss
+
+        self.cfg = cfg
+        self.device = world.device
+        if cfg.model.init:
+            self.model = load_component("vae", cfg.model.init)
+        else:
+            self.model = CausalVideoVAE(**{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
+        self.model.to(self.device)
+        self.criterion = VAELoss(reconstruction=cfg.vae.reconstruction, kl_weight=cfg.vae.kl_weight,
+                                 disc_weight=cfg.vae.disc_weight, disc_start=cfg.vae.disc_start).to(self.device)
+        self.spatial_multiple = self.model.spatial_factor
+        self.step = 0
+
+    def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        video = batch["video"].to(self.device)
+        reconstruction, posterior = model(video, generator=generator)
+        return self.criterion(video, reconstruction, posterior, step=self.step)["loss"]
+
+    @torch.no_grad()
+    def sample(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Preview: the first clip of the batch above its reconstruction."""
+        video = batch["video"][:1].to(self.device)
+        reconstruction, _ = model(video, generator=generator)
+        return torch.cat([video, reconstruction.clamp(-1, 1)], dim=-2)
+
+
+def load_component(part: str, spec: str):
+    """The "vae" or "transformer" of a model folder (model_index.json), a save_pretrained folder of
+    that part, or (vae only) a vae3d preset name: random weights, seeded, for tests and experiments."""
+    from vae3d import PRESETS as VAE_PRESETS, CausalVideoVAE
+    from video_dit import VideoDiT
+
+    cls = CausalVideoVAE if part == "vae" else VideoDiT
+    if part == "vae" and spec in VAE_PRESETS and not Path(spec).exists():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return CausalVideoVAE(**VAE_PRESETS[spec])
+    folder = Path(spec)
+    if (folder / "model_index.json").is_file():
+        folder = folder / part
+    if not (folder / "config.json").is_file():
+        hint = f" or a preset ({', '.join(VAE_PRESETS)})" if part == "vae" else ""
+        raise UserError(f"{spec} is not a model folder (model_index.json) or a {cls.__name__} folder (config.json){hint}")
+    return cls.from_pretrained(str(folder))
+
+
+def load_text_encoders(names: list[str], device: torch.device):
+    """`video_dit.text.TextEncoders` over the named encoders ("default": the installed MiniLM); None for []."""
+    if not names:
+        return None
+    from video_dit.text import TextEncoder, TextEncoders
+
+    return TextEncoders([TextEncoder(None if n == "default" else n) for n in names]).to(device)
+
+
+def _preset(name: str, presets: dict) -> str:
+    if name not in presets:
+        raise UserError(f"model.preset={name!r} is not a preset; choose one of {', '.join(presets)}")
+    return name
+
+
+# ------------------------------------------------------------------------------------------------
+# Data, learning rate, randomness
+# ------------------------------------------------------------------------------------------------
+
+
+def make_data(cfg: TrainConfig, world: World, spatial_multiple: int):
+    """The data set, its bucket sampler (this rank's share) and a DataLoader over them."""
+    from pipelines.data import BucketSampler, Bucket, LatentCache, VideoFolder, collate
+
+    d = cfg.data
+    if d.latent_cache:
+        dataset = LatentCache(d.latent_cache, latent_frames=1 + (d.frames - 1) // 4, random_offset=d.random_offset,
+                              seed=cfg.seed)
+    else:
+        root = Path(d.root)
+        if not root.is_dir():
+            raise UserError(f"data.root {root} is not a folder; point it at a folder of videos and images")
+        buckets = [Bucket(*b) for b in d.buckets] or None
+        dataset = VideoFolder(root, frames=d.frames, fps=d.fps, buckets=buckets, base_size=d.base_size,
+                              image_frames=d.image_frames, random_offset=d.random_offset, seed=cfg.seed,
+                              captions=d.captions, spatial_multiple=spatial_multiple)
+    if len(dataset) == 0:
+        raise UserError(f"no usable clips in {d.latent_cache or d.root}; add videos or images (.mp4, .png, ...)")
+    sampler = BucketSampler(dataset, d.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
+                            rank=world.rank, world_size=world.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=d.num_workers,
+                                         persistent_workers=d.num_workers > 0)
+    return dataset, sampler, loader
+
+
+def forever(loader):
+    """Batches without end (the sampler moves to the next epoch by itself); empty batches skipped."""
+    while True:
+        for batch in loader:
+            if batch.get("video") is not None or batch.get("latents") is not None:
+                yield batch
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base LR at optimizer step `step`: linear warm-up, then constant or cosine."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware has it ("auto": a CUDA GPU with bf16), or as asked."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def rng_state(generator: torch.Generator) -> tuple[dict, dict]:
+    tensors = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        tensors["cuda"] = torch.cuda.get_rng_state()
+    np_state = np.random.get_state()
+    tensors["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    meta = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": _jsonable(random.getstate())}
+    return tensors, meta
+
+
+def set_rng_state(generator: torch.Generator, tensors: dict, meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    generator.set_state(tensors["generator"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _jsonable(obj):
+    return [_jsonable(o) for o in obj] if isinstance(obj, (tuple, list)) else obj
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints: checkpoints/step_XXXXXXXX, written under a temporary name and renamed when complete
+# ------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(out: Path, step: int, cfg: TrainConfig, engine: Engine, ema: ShardedEMA | None,
+                    generator: torch.Generator, data_state: dict | None, world: World) -> Path:
+    root = out / "checkpoints"
+    final, tmp = root / f"step_{step:08d}", root / f".tmp_step_{step:08d}"
+    if world.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    distributed.barrier(world)
+    engine.save(tmp)
+    if ema is not None:
+        ema.save(tmp)
+    tensors, meta = rng_state(generator)
+    save_file(tensors, tmp / f"rank{world.rank}.safetensors", metadata={"state": json.dumps({**meta, "data": data_state})})
+    distributed.barrier(world)
+    if world.is_main:
+        module = engine.module
+        base = getattr(module, "get_base_model", lambda: module)()
+        state = {"step": step, "world_size": world.world_size, "model_class": type(base).__name__,
+                 "model_config": _model_config(base), "config": cfg.to_dict()}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        if final.exists():  # the same step saved again (a resumed run): swap, then remove the old one
+            stale = root / f".old_step_{step:08d}"
+            os.replace(final, stale)
+            os.replace(tmp, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        for old in list_checkpoints(out)[: -cfg.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier(world)
+    return final
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest first (temporary folders are not listed)."""
+    root = Path(run) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if (p / "state.json").is_file())
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint folder, or the latest complete checkpoint of a run folder; UserError otherwise."""
+    path = Path(path)
+    if (path / "state.json").is_file():
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    if not path.exists():
+        raise UserError(f"--resume {path}: no such folder; pass a run folder or one of its checkpoints/step_* folders")
+    raise UserError(f"--resume {path}: not a checkpoint (no state.json) and not a run folder with checkpoints/step_*")
+
+
+def load_checkpoint(folder: Path, engine: Engine, ema: ShardedEMA | None, generator: torch.Generator,
+                    world: World) -> tuple[int, dict | None]:
+    """Restore a checkpoint into the engine, the EMA and the RNGs; return (step, data position)."""
+    state = json.loads((folder / "state.json").read_text())
+    if state["world_size"] != world.world_size:
+        raise UserError(f"{folder} was written by {state['world_size']} process(es); resume it with "
+                        f"--nproc {state['world_size']} (this run has {world.world_size})")
+    engine.load(folder)
+    if ema is not None:
+        if not (folder / "ema.safetensors").is_file():
+            raise UserError(f"{folder} has no EMA weights; resume with ema_decay=0 or from a run that kept EMA")
+        ema.load(folder)
+    rank_file = folder / f"rank{world.rank}.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(rank_file, framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    set_rng_state(generator, load_file(rank_file), meta)
+    return state["step"], meta["data"]
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
+                      overwrite: bool = False) -> Path:
+    """Write a checkpoint's weights (EMA when present and `use_ema`) as a `save_pretrained` folder.
+    Works for plain and DeepSpeed ZeRO checkpoints (gathered with DeepSpeed's zero_to_fp32);
+    LoRA adapters are merged into the base weights."""
+    from pipelines import lora
+
+    folder = find_checkpoint(checkpoint)
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite or choose another folder")
+    state = json.loads((folder / "state.json").read_text())
+    cfg = from_dict(TrainConfig, state["config"])
+    module = _model_class(state["model_class"]).from_config(state["model_config"])
+    if cfg.lora.rank:
+        module = lora.add_lora(module, cfg.lora)
+    if (folder / "model.safetensors").is_file():
+        weights = load_file(folder / "model.safetensors")
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="zero")
+    if use_ema and (folder / "ema.safetensors").is_file():
+        weights.update(load_file(folder / "ema.safetensors"))
+    module.load_state_dict(weights, strict=True)
+    if cfg.lora.rank:
+        module = lora.merge(module)
+    tmp = out.with_name(f".tmp_{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _model_class(name: str):
+    if name == "VideoDiT":
+        from video_dit import VideoDiT
+
+        return VideoDiT
+    if name == "CausalVideoVAE":
+        from vae3d import CausalVideoVAE
+
+        return CausalVideoVAE
+    raise UserError(f"checkpoint holds a {name}; expected a VideoDiT or a CausalVideoVAE")
+
+
+def _model_config(module) -> dict:
+    return json.loads(json.dumps(dict(module.config), default=list))
+
+
+# ------------------------------------------------------------------------------------------------
+# Logging: progress bar, JSONL, TensorBoard
+# ------------------------------------------------------------------------------------------------
+
+
+class Logger:
+    def __init__(self, out: Path, cfg: TrainConfig, world: World, start: int):
+        self.on = world.is_main
+        self.jsonl = self.tb = self.bar = None
+        if not self.on:
+            return
+        from tqdm.auto import tqdm
+
+        self.jsonl = open(out / "log.jsonl", "a")
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1 if start else None)
+        self.bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+    def log(self, record: dict) -> None:
+        if not self.on:
+            return
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+
+    def progress(self, n: int, loss: float) -> None:
+        if self.on:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(n)
+
+    def message(self, text: str) -> None:
+        if self.on:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        if self.on:
+            self.bar.close()
+            self.jsonl.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def write_preview(path: Path, video: torch.Tensor, fps: float) -> None:
+    """Write a (B, 3, T, H, W) batch of previews side by side as one mp4 (or a PNG for one frame)."""
+    from einops import rearrange
+
+    from pipelines.video_io import tensor_to_frames, write_image, write_video
+
+    row = rearrange(video.float().cpu(), "b c t h w -> c t h (b w)")
+    frames = tensor_to_frames(row)
+    if frames.shape[0] == 1:
+        write_image(path.with_suffix(".png"), frames[0], overwrite=True)
+    else:
+        write_video(path.with_suffix(".mp4"), frames, fps, overwrite=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: int | None = None) -> Path:
+    """Train as `cfg` says (resuming from a checkpoint or run folder) and return the run folder.
+
+    `stop_at` ends the run early at that step (the schedule still spans `cfg.steps`), as a crash
+    would, after saving a checkpoint; `train(cfg, resume=out)` then continues exactly.
+    """
+    world = distributed.init_process()
+    out = Path(cfg.out)
+    checkpoint = find_checkpoint(resume) if resume else None
+    dtype = precision_dtype(cfg.precision, world.device)
+    ds_config = None
+    if cfg.deepspeed:
+        ds_config = distributed.deepspeed_config(cfg.deepspeed, world, cfg.data.batch_size, cfg.optim.grad_accum,
+                                                 cfg.optim.grad_clip)
+
+    # The models start from the same seed on every rank; after that each rank draws its own
+    # randomness, and the generator drives timesteps, noise and given frames.
+    torch.manual_seed(cfg.seed)
+    task = DiTTask(cfg, world) if cfg.model.kind == "dit" else VAETask(cfg, world)
+    dataset, sampler, loader = make_data(cfg, world, task.spatial_multiple)
+    module = task.model
+    if cfg.gradient_checkpointing:
+        module.enable_gradient_checkpointing()
+    if cfg.lora.rank:
+        from pipelines import lora
+
+        module = lora.add_lora(module, cfg.lora)
+    torch.manual_seed(cfg.seed + world.rank)
+    np.random.seed(cfg.seed + world.rank)
+    random.seed(cfg.seed + world.rank)
+    generator = torch.Generator().manual_seed(cfg.seed * 1000003 + world.rank)
+    params = [p for p in module.parameters() if p.requires_grad]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, o.warmup_steps, cfg.steps, o.schedule, o.min_lr_ratio))
+    if ds_config is not None:
+        engine = DeepSpeedEngine(module, optimizer, scheduler, world, ds_config)
+    else:
+        engine = Engine(module, optimizer, scheduler, world, o.grad_clip, o.grad_accum)
+    ema = ShardedEMA(engine, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
+    step, data_state = 0, None
+    if checkpoint is not None:
+        step, data_state = load_checkpoint(checkpoint, engine, ema, generator, world)
+        if data_state is not None:
+            sampler.load_state_dict(data_state)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    distributed.barrier(world)
+
+    logger = Logger(out, cfg, world, step)
+    logger.message(f"{type(module).__name__}: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters, "
+                   f"{len(dataset)} clips, {len(sampler)} batches per epoch per rank, {world.world_size} process(es), "
+                   f"{'DeepSpeed ZeRO-' + str(engine.stage) if ds_config else 'plain PyTorch'}"
+                   + (f", resumed at step {step}" if step else ""))
+    batches = forever(loader)
+    end = min(cfg.steps, stop_at) if stop_at else cfg.steps
+    clips, tic = 0, time.perf_counter()
+    batch = None
+    while step < end:
+        losses = []
+        for _ in range(o.grad_accum):
+            batch = next(batches)
+            if isinstance(task, VAETask):
+                task.step = step
+            with distributed.autocast(world.device, dtype):
+                loss = task.loss(engine.model, batch, generator)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.detach().float().item())
+            clips += len(batch["path"])
+            data_state = batch.get("sampler_state") or data_state
+        step += 1
+        if ema is not None:
+            ema.update()
+        loss_value = distributed.all_mean(world, sum(losses) / len(losses))
+        logger.progress(1, loss_value)
+
+        if step % cfg.log_every == 0 or step == end:
+            elapsed = time.perf_counter() - tic
+            logger.log({"step": step, "loss": loss_value, "lr": engine.lr, "grad_norm": engine.grad_norm,
+                        "clips_per_s": clips * world.world_size / max(elapsed, 1e-9), "time": time.time()})
+            clips, tic = 0, time.perf_counter()
+        if step % cfg.save_every == 0 or step == end:
+            save_checkpoint(out, step, cfg, engine, ema, generator, data_state, world)
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            module_for_preview = engine.model
+            preview_gen = torch.Generator().manual_seed(cfg.seed)
+            with distributed.autocast(world.device, dtype):
+                video = task.sample(module_for_preview, batch, preview_gen)
+            if world.is_main:
+                (out / "samples").mkdir(exist_ok=True)
+                write_preview(out / "samples" / f"step_{step:08d}", video, cfg.data.fps)
+                logger.log({"step": step, "sample": f"samples/step_{step:08d}"})
+
+    logger.close()
+    if step >= cfg.steps and world.is_main:
+        export_checkpoint(list_checkpoints(out)[-1], out / "model", use_ema=ema is not None, overwrite=True)
+    distributed.barrier(world)
+    return out

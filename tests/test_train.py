@@ -1,0 +1,137 @@
+"""The training loop on one process: given-frame masks, LR schedule, loss, exact resume, checkpoints."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipelines import train as training
+from pipelines.config import GivenFrames, load_config
+from pipelines.errors import UserError
+from train_helpers import losses, spacetime, tiny_config, write_latent_cache
+
+
+@pytest.fixture
+def cache(tmp_path):
+    return write_latent_cache(tmp_path / "cache")
+
+
+def test_given_mask_draws_each_pattern_with_its_probability():
+    probs = GivenFrames(none=0.1, first=0.2, prefix=0.3, first_last=0.4)
+    mask = training.draw_given_mask(20000, 5, probs, torch.Generator().manual_seed(0))
+    none = ~mask.any(1)
+    first = mask[:, 0] & ~mask[:, 1:].any(1)
+    first_last = mask[:, 0] & mask[:, -1] & ~mask[:, 1:-1].any(1)
+    prefix = mask[:, 0] & mask[:, 1] & ~mask[:, -1]  # prefixes of 2..4 frames (k = 1 looks like "first")
+    assert (none | first | first_last | prefix).all()
+    assert none.float().mean() == pytest.approx(0.1, abs=0.01)
+    # k is uniform in [1, 4]: a quarter of the prefixes are one frame long and count as "first"
+    assert first.float().mean() == pytest.approx(0.2 + 0.3 / 4, abs=0.015)
+    assert prefix.float().mean() == pytest.approx(0.3 * 3 / 4, abs=0.015)
+    assert first_last.float().mean() == pytest.approx(0.4, abs=0.015)
+    lengths = mask[prefix].sum(1)
+    assert set(lengths.tolist()) == {2, 3, 4}
+
+
+def test_given_mask_fits_short_clips():
+    probs = GivenFrames(none=0.0, first=0.0, prefix=0.0, first_last=1.0)
+    assert not training.draw_given_mask(64, 1, probs).any()  # an image: nothing can be given
+    two = training.draw_given_mask(64, 2, GivenFrames(none=0.0, first=0.0, prefix=0.5, first_last=0.5))
+    assert two[:, 0].all() and not two[:, 1].any()  # never all frames given
+
+
+def test_lr_warms_up_then_follows_cosine_to_the_floor():
+    f = [training.lr_factor(s, 4, 20, "cosine", 0.1) for s in range(21)]
+    assert f[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert f[4] == pytest.approx(1.0) and f[20] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[4:], f[5:]))
+    assert training.lr_factor(15, 4, 20, "constant", 0.1) == 1.0
+
+
+def test_loss_falls_and_the_final_model_loads(tmp_path, cache):
+    from video_dit import VideoDiT
+
+    cfg = load_config(tiny_config(tmp_path, cache, steps=16, save_every=8, ema_decay=0.0))
+    run = training.train(cfg)
+    seq = losses(run)
+    assert sorted(seq) == list(range(1, 17))
+    first, last = sum(seq[s] for s in (1, 2, 3)) / 3, sum(seq[s] for s in (14, 15, 16)) / 3
+    assert last < 0.8 * first
+    model = VideoDiT.from_pretrained(run / "model")
+    trained = load_file(run / "checkpoints" / "step_00000016" / "model.safetensors")
+    assert torch.equal(model.state_dict()["final_layer.linear.weight"], trained["final_layer.linear.weight"])
+    saved = json.loads((run / "checkpoints" / "step_00000016" / "state.json").read_text())
+    assert saved["config"]["steps"] == 16 and (run / "config.yaml").is_file()
+
+
+def test_resume_continues_exactly(tmp_path, cache):
+    extra = dict(optim={"grad_accum": 2}, steps=6, save_every=3)
+    straight = training.train(load_config(tiny_config(tmp_path, cache, out="straight", **extra)))
+    cfg = load_config(tiny_config(tmp_path, cache, out="resumed", **extra))
+    training.train(cfg, stop_at=3)  # as if killed after the checkpoint at step 3
+    assert sorted(losses(tmp_path / "resumed")) == [1, 2, 3]
+    resumed = training.train(cfg, resume=tmp_path / "resumed")
+    assert losses(resumed) == losses(straight)  # every step's loss, bit for bit
+    a = load_file(straight / "checkpoints" / "step_00000006" / "ema.safetensors")
+    b = load_file(resumed / "checkpoints" / "step_00000006" / "ema.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_killed_while_saving_leaves_the_previous_checkpoint(tmp_path, cache, monkeypatch):
+    cfg = load_config(tiny_config(tmp_path, cache, steps=6, save_every=3))
+    real = training.ShardedEMA.save
+    calls = []
+
+    def crash_on_second_save(self, folder):
+        calls.append(folder)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed while saving")
+        real(self, folder)
+
+    monkeypatch.setattr(training.ShardedEMA, "save", crash_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg)
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert training.find_checkpoint(run).name == "step_00000003"
+    assert (run / "checkpoints" / ".tmp_step_00000006").is_dir()  # the half-written one is never picked
+    resumed = training.train(cfg, resume=run)
+    assert sorted(losses(resumed))[-1] == 6
+
+
+def test_keeps_only_the_last_checkpoints(tmp_path, cache):
+    run = training.train(load_config(tiny_config(tmp_path, cache, steps=5, save_every=1, keep_last=2)))
+    assert [p.name for p in training.list_checkpoints(run)] == ["step_00000004", "step_00000005"]
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint(tmp_path, cache):
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(UserError, match="not a checkpoint"):
+        training.find_checkpoint(tmp_path / "nothing")
+    result = spacetime("train", tiny_config(tmp_path, cache), "--resume", tmp_path / "nothing")
+    assert result.returncode == 2
+    assert "not a checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before any training
+
+
+def test_empty_data_folder_is_refused_before_training(tmp_path, cache):
+    (tmp_path / "empty").mkdir()
+    config = tiny_config(tmp_path, cache)
+    result = spacetime("train", config, "--set", "data.latent_cache=null", "--data", tmp_path / "empty")
+    assert result.returncode == 2, result.stderr
+    assert "empty" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+def test_captions_naming_missing_files_are_refused(tmp_path, cache):
+    from conftest import moving_square
+    from pipelines.video_io import write_video
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    write_video(data / "a.mp4", moving_square(9, 32, 32), 8.0)
+    (data / "captions.csv").write_text("path,caption\na.mp4,a square\nmissing.mp4,a ghost\n")
+    result = spacetime("train", tiny_config(tmp_path, cache), "--set", "data.latent_cache=null", "--data", data)
+    assert result.returncode == 2, result.stderr
+    assert "missing.mp4" in result.stderr and "Traceback" not in result.stderr
