@@ -16,9 +16,9 @@ from pipelines.errors import EXIT_USER_ERROR, UserError
 
 # name -> (one-line help, module in pipelines.commands, or None while the subcommand is not built)
 COMMANDS: dict[str, tuple[str, str | None]] = {
-    "generate": ("text-to-video: make a clip from a prompt", None),
-    "animate": ("image-to-video: bring a still to life from a prompt", None),
-    "extend": ("continue a video for N more frames", None),
+    "generate": ("text-to-video: make a clip from a prompt", "pipelines.commands.generate"),
+    "animate": ("image-to-video: bring a still to life from a prompt", "pipelines.commands.animate"),
+    "extend": ("continue a video for N more frames", "pipelines.commands.extend"),
     "reconstruct": ("encode and decode a video with the VAE; print PSNR and SSIM", None),
     "train": ("train a VAE or DiT from a YAML config", "pipelines.commands.train"),
     "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", None),

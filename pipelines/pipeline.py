@@ -329,6 +329,12 @@ class SpacetimePipeline(DiffusionPipeline):
         z = self.vae.encode_latents(video.to(self._execution_device, vae_dtype))
         return z.float()
 
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents (1, C, T', H', W') -> uint8 frames (1, T, H, W, 3), in one pass of the VAE."""
+        pixels = self.vae.decode_latents(latents.to(self._execution_device, self._vae_dtype()))
+        return _tensor_to_frames(pixels)[None]
+
     # ---- the call --------------------------------------------------------------------------
 
     @torch.no_grad()
