@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "reconstruct": ("encode and decode a video with the VAE; print PSNR and SSIM", None),
     "train": ("train a VAE or DiT from a YAML config", "pipelines.commands.train"),
     "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", None),
-    "cache-latents": ("pre-compute VAE latents and prompt embeddings for training", None),
+    "cache-latents": ("pre-compute VAE latents and prompt embeddings for training", "pipelines.commands.cache_latents"),
     "eval": ("evaluate a model on the held-out toy-world split", None),
     "bench": ("run the benchmarks and print their tables", "pipelines.commands.bench"),
     "info": ("describe a video, an image or a model folder as JSON", "pipelines.commands.info"),

@@ -183,6 +183,7 @@ def test_clip_is_sampled_at_the_target_fps_from_a_random_start(folder):
     ds = VideoFolder(folder, frames=5, fps=8.0, base_size=48, aspects=(3 / 2,), seed=7)
     i = [s.path.name for s in ds.samples].index("red_ball.mp4")  # 27 frames at 24 fps
     assert ds.strides[i] == 3
+    every_frame = read_video(folder / "red_ball.mp4").frames
     starts = set()
     for epoch in range(6):
         ds.set_epoch(epoch)
@@ -193,8 +194,8 @@ def test_clip_is_sampled_at_the_target_fps_from_a_random_start(folder):
         again = ds[i]
         assert again["start"] == item["start"] and torch.equal(again["video"], item["video"])
         assert ds.buckets[item["bucket"]] == Bucket(5, 32, 48)
-        expected = read_video(folder / "red_ball.mp4", num_frames=5, stride=3, start=item["start"]).frames
-        assert torch.equal(item["video"], ds_tensor(expected))
+        start = item["start"]  # only the clip's frames are decoded, and they are the right ones
+        assert torch.equal(item["video"], ds_tensor(every_frame[start : start + 13 : 3]))
     assert len(starts) > 1  # windows do not all start at frame 0
     fixed = VideoFolder(folder, frames=5, fps=8.0, base_size=48, aspects=(3 / 2,), random_offset=False)
     assert {fixed[i]["start"] for _ in range(2)} == {0}
