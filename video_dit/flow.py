@@ -1,0 +1,244 @@
+"""Rectified flow (SD3): the noise process, the training loss and the samplers.
+
+    x_t = (1 - t) * x0 + t * e,      e ~ N(0, I),      t in [0, 1] (0 clean, 1 pure noise)
+    target velocity v = e - x0,      so x0 = x_t - t * v  and  dx_t / dt = v.
+
+The model is any callable `model(x_t, timestep, **cond) -> v` taking (B, C, T, H, W) latents and
+(B, T) per-frame timesteps; this module knows nothing else about it.
+
+Given frames (image-to-video, extension, the long-video sampler, interpolation) are frames whose
+latents are known: they are fed at timestep `context_noise` (0 = clean), excluded from the loss,
+and come out of `sample` exactly as they went in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from einops import rearrange
+
+NUM_TRAIN_TIMESTEPS = 1000  # only used to reproduce diffusers' schedule to the last bit
+
+
+# --------------------------------------------------------------------------------------------
+# Timesteps
+# --------------------------------------------------------------------------------------------
+
+
+def sample_timesteps(
+    n: int,
+    *,
+    mode: str = "logit_normal",
+    mean: float = 0.0,
+    std: float = 1.0,
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
+    """n training timesteps in (0, 1): "logit_normal" (sigmoid of N(mean, std), SD3) or "uniform".
+
+    `shift` > 1 moves them towards the noise end with the same map the sampler uses.
+    """
+    if mode == "logit_normal":
+        t = torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
+    elif mode == "uniform":
+        t = torch.rand(n, generator=generator, device=device)
+    else:
+        raise ValueError(f"timestep sampling mode {mode!r}; expected 'logit_normal' or 'uniform'")
+    return apply_shift(t, shift)
+
+
+def apply_shift(t: torch.Tensor | float, shift: float):
+    """The timestep shift of SD3: t -> shift * t / (1 + (shift - 1) * t); shift 1 is the identity."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def shift_for_tokens(
+    num_tokens: int,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+    base_tokens: int = 256,
+    max_tokens: int = 4096,
+) -> float:
+    """Timestep shift that grows with the number of tokens (Flux's resolution-dependent shift).
+
+    mu rises linearly from `base_shift` at `base_tokens` to `max_shift` at `max_tokens` (and
+    continues on the same line beyond), and the shift is exp(mu): more tokens keep more of the
+    schedule at high noise, where a large image or a long clip is still undecided.
+    """
+    if num_tokens <= 0:
+        raise ValueError(f"num_tokens={num_tokens}; expected a positive token count")
+    slope = (max_shift - base_shift) / (max_tokens - base_tokens)
+    mu = base_shift + slope * (num_tokens - base_tokens)
+    return math.exp(mu)
+
+
+def sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """The sampling schedule: num_steps + 1 decreasing sigmas from 1 to a final 0.
+
+    Identical to diffusers' FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(num_steps):
+    num_steps points spaced evenly from 1 down to the scheduler's smallest training sigma (itself
+    shifted), each shifted, then a 0.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps={num_steps}; expected at least 1")
+    sigma_min = apply_shift(torch.tensor(1.0 / NUM_TRAIN_TIMESTEPS, dtype=torch.float32), shift).item()
+    s = torch.linspace(1.0, sigma_min, num_steps, dtype=torch.float64)
+    s = apply_shift(s, shift).to(torch.float32)
+    return torch.cat([s, torch.zeros(1)])
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _per_frame(t: torch.Tensor, frames: int) -> torch.Tensor:
+    return t[:, None].expand(-1, frames)
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    """(B, T) per-frame values -> (B, 1, T, 1, 1) to scale (B, C, T, H, W) latents."""
+    return rearrange(t, "b t -> b 1 t 1 1")
+
+
+def training_losses(
+    model: Callable,
+    x0: torch.Tensor,
+    cond: dict | None = None,
+    given_mask: torch.Tensor | None = None,
+    context_noise: float = 0.0,
+    timestep_sampling: str = "logit_normal",
+    mean: float = 0.0,
+    std: float = 1.0,
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """Rectified-flow loss on a batch of clean latents x0 (B, C, T, H, W).
+
+    cond: keyword arguments for the model (text_states, text_masks). given_mask: (B, T) bool, True
+    for frames that are given (conditioning): they are noised only to `context_noise`, and the
+    loss ignores them. Returns dict(loss=scalar, loss_per_sample=(B,), timesteps=(B,)).
+    """
+    b, _, frames = x0.shape[:3]
+    cond = cond or {}
+    t = sample_timesteps(b, mode=timestep_sampling, mean=mean, std=std, shift=shift, generator=generator)
+    t = t.to(device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0)
+    t_frames = _per_frame(t, frames)  # (B, T)
+    weight = torch.ones(b, frames, device=x0.device)
+    if given_mask is not None:
+        if tuple(given_mask.shape) != (b, frames):
+            raise ValueError(f"given_mask has shape {tuple(given_mask.shape)}; expected ({b}, {frames})")
+        given_mask = given_mask.to(device=x0.device, dtype=torch.bool)
+        t_frames = torch.where(given_mask, torch.full_like(t_frames, context_noise), t_frames)
+        weight = (~given_mask).float()
+    tt = _broadcast(t_frames).to(x0.dtype)
+    x_t = (1 - tt) * x0 + tt * noise
+    target = noise - x0
+    v = model(x_t, t_frames, **cond)
+    err = (v.float() - target.float()) ** 2 * _broadcast(weight)  # (B, C, T, H, W)
+    per_element = x0[0, :, 0].numel()  # C * H * W per frame
+    counted = weight.sum(dim=1) * per_element  # (B,)
+    loss_per_sample = err.flatten(1).sum(dim=1) / counted.clamp(min=1)
+    loss = err.sum() / counted.sum().clamp(min=1)
+    return dict(loss=loss, loss_per_sample=loss_per_sample, timesteps=t)
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------
+
+
+def _cat_text(cond: dict, uncond: dict) -> dict:
+    """Stack conditional and unconditional text along the batch, padding each encoder to one length."""
+    states, masks = [], []
+    cm = cond.get("text_masks") or [None] * len(cond["text_states"])
+    um = uncond.get("text_masks") or [None] * len(uncond["text_states"])
+    for s1, m1, s2, m2 in zip(cond["text_states"], cm, uncond["text_states"], um):
+        length = max(s1.shape[1], s2.shape[1])
+        pad_s, pad_m = [], []
+        for s, m in ((s1, m1), (s2, m2)):
+            if m is None:
+                m = torch.ones(s.shape[:2], dtype=torch.bool, device=s.device)
+            extra = length - s.shape[1]
+            pad_s.append(torch.nn.functional.pad(s, (0, 0, 0, extra)))
+            pad_m.append(torch.nn.functional.pad(m.to(torch.bool), (0, extra), value=False))
+        states.append(torch.cat(pad_s))
+        masks.append(torch.cat(pad_m))
+    return dict(text_states=states, text_masks=masks)
+
+
+def sample(
+    model: Callable,
+    noise: torch.Tensor,
+    cond: dict | None = None,
+    uncond: dict | None = None,
+    guidance: float = 5.0,
+    num_steps: int = 30,
+    shift: float = 1.0,
+    given: torch.Tensor | None = None,
+    given_mask: torch.Tensor | None = None,
+    context_noise: float = 0.0,
+    method: str = "euler",
+    callback_on_step_end: Callable | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Integrate dx/dt = v from t = 1 (noise) to t = 0 on the `sigmas(num_steps, shift)` schedule.
+
+    cond / uncond: model keyword arguments (text_states, text_masks) for the prompt and for the
+    empty prompt; with `uncond` and guidance != 1 the velocity is v_u + guidance * (v_c - v_u),
+    both evaluated in one batched call. given / given_mask: latents (B, C, T, H, W) and a (B, T)
+    bool mask of frames to hold fixed; they are fed at timestep `context_noise` (with noise fixed
+    once from `generator`) and returned exactly as given. method: "euler" or "heun" (second order,
+    Euler on the last step). callback_on_step_end(step, sigma, latents) may return new latents.
+    """
+    if method not in ("euler", "heun"):
+        raise ValueError(f"method={method!r}; expected 'euler' or 'heun'")
+    b, _, frames = noise.shape[:3]
+    cond = cond or {}
+    x = noise.clone()
+    if given_mask is not None:
+        if given is None or given.shape != noise.shape:
+            raise ValueError(
+                f"given latents must have the noise's shape {tuple(noise.shape)} when given_mask is set"
+            )
+        if tuple(given_mask.shape) != (b, frames):
+            raise ValueError(f"given_mask has shape {tuple(given_mask.shape)}; expected ({b}, {frames})")
+        given_mask = given_mask.to(device=noise.device, dtype=torch.bool)
+        keep = _broadcast(given_mask)  # (B, 1, T, 1, 1)
+        context_noise_draw = torch.randn(noise.shape, generator=generator, dtype=torch.float32).to(noise)
+        given_in = (1 - context_noise) * given + context_noise * context_noise_draw
+    use_cfg = uncond is not None and guidance != 1.0
+    both = _cat_text(cond, uncond) if use_cfg and "text_states" in cond else None
+
+    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        t = torch.full((b, frames), float(sigma), device=x.device)
+        if given_mask is not None:
+            x = torch.where(keep, given_in, x)
+            t = torch.where(given_mask, torch.full_like(t, context_noise), t)
+        if not use_cfg:
+            return model(x, t, **cond)
+        if both is not None:
+            v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
+        else:
+            v_c, v_u = model(x, t, **cond), model(x, t, **uncond)
+        return v_u + guidance * (v_c - v_u)
+
+    schedule = sigmas(num_steps, shift).tolist()
+    for i in range(num_steps):
+        s, s_next = schedule[i], schedule[i + 1]
+        v = velocity(x, s)
+        if method == "heun" and s_next > 0:
+            x_euler = x + (s_next - s) * v
+            v = 0.5 * (v + velocity(x_euler, s_next))
+        x = x + (s_next - s) * v
+        if callback_on_step_end is not None:
+            new = callback_on_step_end(i, s_next, x)
+            if new is not None:
+                x = new
+    if given_mask is not None:
+        x = torch.where(keep, given, x)
+    return x
