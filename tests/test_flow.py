@@ -1,0 +1,171 @@
+"""Rectified flow: schedule equals diffusers', timestep sampling, loss masking, samplers, guidance."""
+
+import math
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from video_dit import flow
+
+
+@pytest.mark.parametrize("steps", [1, 4, 30, 50])
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0, 0.7])
+def test_sigmas_equal_diffusers(steps, shift):
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(steps)
+    ours = flow.sigmas(steps, shift)
+    assert ours.shape == (steps + 1,)
+    assert ours[-1] == 0
+    assert torch.allclose(ours, scheduler.sigmas.float(), atol=1e-6, rtol=0)
+
+
+def test_shift_grows_with_tokens():
+    assert flow.shift_for_tokens(256) == pytest.approx(math.exp(0.5))
+    assert flow.shift_for_tokens(4096) == pytest.approx(math.exp(1.15))
+    values = [flow.shift_for_tokens(n) for n in (64, 256, 1024, 4096, 16384)]
+    assert values == sorted(values) and len(set(values)) == len(values)
+    # a larger shift keeps more of the schedule at high noise
+    assert (flow.sigmas(10, values[-1])[1:-1] > flow.sigmas(10, values[0])[1:-1]).all()
+    with pytest.raises(ValueError, match="num_tokens"):
+        flow.shift_for_tokens(0)
+
+
+def test_timestep_sampling():
+    g = torch.Generator().manual_seed(0)
+    t = flow.sample_timesteps(20000, mean=0.0, std=1.0, generator=g)
+    assert ((t > 0) & (t < 1)).all()
+    assert t.median().item() == pytest.approx(0.5, abs=0.02)
+    t_late = flow.sample_timesteps(20000, mean=1.0, std=1.0, generator=g)
+    assert t_late.median().item() == pytest.approx(torch.sigmoid(torch.tensor(1.0)).item(), abs=0.02)
+    u = flow.sample_timesteps(20000, mode="uniform", generator=g)
+    assert u.mean().item() == pytest.approx(0.5, abs=0.01) and u.std().item() == pytest.approx(12**-0.5, abs=0.01)
+    # logit-normal concentrates in the middle compared with uniform
+    assert ((t > 0.25) & (t < 0.75)).float().mean() > ((u > 0.25) & (u < 0.75)).float().mean() + 0.1
+    a = flow.sample_timesteps(5, generator=torch.Generator().manual_seed(7))
+    b = flow.sample_timesteps(5, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="uniform"):
+        flow.sample_timesteps(3, mode="cosine")
+
+
+class Oracle:
+    """The exact velocity field of a one-point data set: v = (x_t - x0) / t (where t > 0)."""
+
+    def __init__(self, x0, wrong_on_given=False):
+        self.x0, self.wrong_on_given, self.calls = x0, wrong_on_given, []
+
+    def __call__(self, x, t, **cond):
+        self.calls.append((x.clone(), t.clone(), cond))
+        tt = t[:, None, :, None, None]
+        v = (x - self.x0) / tt.clamp(min=1e-8)
+        if self.wrong_on_given:
+            v = torch.where(tt == 0, torch.full_like(v, 100.0), v)
+        return v
+
+
+def test_loss_is_zero_for_the_exact_velocity_and_ignores_given_frames():
+    x0 = torch.randn(2, 3, 4, 5, 6)
+    given = torch.tensor([[True, False, False, False], [True, True, False, False]])
+    out = flow.training_losses(Oracle(x0, wrong_on_given=True), x0, {}, given_mask=given)
+    assert out["loss"].item() < 1e-8
+    assert out["loss_per_sample"].shape == (2,) and out["timesteps"].shape == (2,)
+    # without the mask the given frames would count
+    model = Oracle(x0, wrong_on_given=True)
+    flow.training_losses(model, x0, {}, given_mask=given)
+    x_t, t, _ = model.calls[-1]
+    assert torch.equal(t[given], torch.zeros(3))  # given frames fed clean at t = 0
+    assert torch.equal(x_t[:, :, 0], x0[:, :, 0])
+    assert (t[~given] > 0).all()
+
+
+def test_loss_matches_its_definition():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 2, 4, 4, generator=g)
+    zero = lambda x, t, **c: torch.zeros_like(x)  # noqa: E731
+    out = flow.training_losses(zero, x0, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    t = torch.sigmoid(torch.randn(2, generator=g))
+    noise = torch.randn(x0.shape, generator=g)
+    assert torch.allclose(out["timesteps"], t)
+    assert out["loss"].item() == pytest.approx(((noise - x0) ** 2).mean().item(), rel=1e-5)
+
+
+def test_context_noise_level_for_given_frames():
+    x0 = torch.randn(1, 2, 3, 4, 4)
+    model = Oracle(x0)
+    flow.training_losses(model, x0, given_mask=torch.tensor([[True, False, False]]), context_noise=0.1)
+    x_t, t, _ = model.calls[-1]
+    assert t[0, 0].item() == pytest.approx(0.1)
+    assert not torch.equal(x_t[:, :, 0], x0[:, :, 0])
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_sampler_follows_the_straight_path(method):
+    x0 = torch.randn(1, 2, 3, 4, 4)
+    noise = torch.randn_like(x0)
+    out = flow.sample(Oracle(x0), noise, num_steps=4, method=method, shift=3.0)
+    assert torch.allclose(out, x0, atol=1e-4)
+
+
+def test_given_frames_come_back_unchanged_and_condition_the_rest():
+    x0 = torch.randn(2, 2, 4, 4, 4)
+    given = torch.randn_like(x0)
+    mask = torch.tensor([[True, False, False, False], [True, False, False, True]])
+    model = Oracle(x0)
+    out = flow.sample(model, torch.randn_like(x0), num_steps=3, given=given, given_mask=mask, context_noise=0.05)
+    assert torch.equal(out[0, :, 0], given[0, :, 0])
+    assert torch.equal(out[1, :, [0, 3]], given[1, :, [0, 3]])
+    assert torch.allclose(out[0, :, 1:], x0[0, :, 1:], atol=1e-4)
+    first = model.calls[0][0]
+    for x_t, t, _ in model.calls:  # every step saw the given frames at the context noise level,
+        assert torch.allclose(t[mask], torch.full((3,), 0.05))  # with one fixed draw of noise
+        assert torch.equal(x_t[0, :, 0], first[0, :, 0])
+    drawn = (first[0, :, 0] - 0.95 * given[0, :, 0]) / 0.05
+    assert 0.5 < drawn.std().item() < 1.5
+
+
+def test_classifier_free_guidance_batches_and_combines():
+    class TextModel:
+        calls = 0
+
+        def __call__(self, x, t, text_states, text_masks):
+            TextModel.calls += 1
+            assert text_masks[0].dtype == torch.bool
+            # velocity = mean of the valid text tokens, broadcast
+            m = text_masks[0].float()[..., None]
+            mean = (text_states[0] * m).sum(1) / m.sum(1)
+            return mean[:, :1, None, None, None].expand_as(x).clone()
+
+    cond = dict(text_states=[torch.full((1, 3, 2), 2.0)], text_masks=[torch.ones(1, 3, dtype=torch.bool)])
+    uncond = dict(text_states=[torch.zeros(1, 1, 2)], text_masks=[torch.ones(1, 1, dtype=torch.bool)])
+    noise = torch.zeros(1, 1, 2, 2, 2)
+    out = flow.sample(TextModel(), noise, cond, uncond, guidance=4.0, num_steps=2)
+    # v = 0 + 4 * (2 - 0) = 8, integrated from t=1 to t=0: x = 0 - 8
+    assert torch.allclose(out, torch.full_like(noise, -8.0))
+    assert TextModel.calls == 2  # one batched call per step
+    out1 = flow.sample(TextModel(), noise, cond, uncond, guidance=1.0, num_steps=2)
+    assert torch.allclose(out1, torch.full_like(noise, -2.0))
+
+
+def test_callback_sees_every_step_and_can_replace_latents():
+    x0 = torch.randn(1, 1, 1, 2, 2)
+    seen = []
+
+    def callback(step, sigma, latents):
+        seen.append((step, sigma))
+        return latents * 0 if step == 2 else None
+
+    out = flow.sample(Oracle(x0), torch.randn_like(x0), num_steps=3, callback_on_step_end=callback)
+    assert [s for s, _ in seen] == [0, 1, 2] and seen[-1][1] == 0.0
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_bad_arguments():
+    x = torch.zeros(1, 1, 2, 2, 2)
+    with pytest.raises(ValueError, match="euler"):
+        flow.sample(Oracle(x), x, method="rk4")
+    with pytest.raises(ValueError, match=r"expected \(1, 2\)"):
+        flow.sample(Oracle(x), x, given=x, given_mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"expected \(1, 2\)"):
+        flow.training_losses(Oracle(x), x, given_mask=torch.ones(2, 2, dtype=torch.bool))
