@@ -143,6 +143,21 @@ class SpacetimePipeline(DiffusionPipeline):
         )
         self._check_parts()
 
+    def to(self, *args, **kwargs) -> "SpacetimePipeline":
+        """Move (and/or cast) every part: `pipe.to("cuda")`, `pipe.to(torch.bfloat16)`, `pipe.to(device, dtype)`."""
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
+        moves = {k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None}
+        for module in (self.vae, self.transformer, self.text_encoder):
+            if isinstance(module, torch.nn.Module) and moves:
+                module.to(**moves)
+        self.__dict__.pop("_text_cache", None)
+        return self
+
     @property
     def device(self) -> torch.device:
         """Where the transformer runs (the text encoders may stay on the CPU)."""
@@ -309,15 +324,22 @@ class SpacetimePipeline(DiffusionPipeline):
                 text_masks=[None if m is None else m.to(device) for m in masks],
             )
 
-        with torch.no_grad():
-            cond = cast(*self.text_encoder.encode([prompt]))
-            if not do_guidance:
-                return cond, None
-            if negative_prompt:
-                uncond = cast(*self.text_encoder.encode([negative_prompt]))
-            else:
-                uncond = cast(*self.text_encoder.null(1))
+        cond = cast(*self._encode_text(prompt))
+        if not do_guidance:
+            return cond, None
+        uncond = cast(*self._encode_text(negative_prompt or None))
         return cond, uncond
+
+    @torch.no_grad()
+    def _encode_text(self, prompt: str | None):
+        """The text encoders' (states, masks) for a prompt, or for dropped text (None); the last
+        few are kept, so calls that repeat a prompt do not run the encoders again."""
+        cache = self.__dict__.setdefault("_text_cache", {})
+        if prompt not in cache:
+            while len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[prompt] = self.text_encoder.null(1) if prompt is None else self.text_encoder.encode([prompt])
+        return cache[prompt]
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray, width: int, height: int) -> torch.Tensor:

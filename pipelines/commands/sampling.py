@@ -93,6 +93,16 @@ def load_pipeline(model: Path, device: str, dtype: str):
     return pipe
 
 
+def _quiet_loading() -> None:
+    """No progress bars or advice from the libraries while the model loads: one line per problem."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+
+
 def run_sampling(args, task: str) -> int:
     """task: 'generate' (text-to-video), 'animate' (image-to-video) or 'extend'."""
     from pipelines.video_io import VideoWriter, check_writable, read_image, read_video, sidecar_path, write_contact_sheet, write_json
@@ -104,6 +114,10 @@ def run_sampling(args, task: str) -> int:
         raise UserError(f"--steps {args.steps}; use 1 or more")
     if args.fps is not None and not args.fps > 0:
         raise UserError(f"--fps {args.fps:g}; use a positive frame rate such as 8")
+    if task == "generate" and not args.prompt.strip():
+        raise UserError('the prompt is empty; describe the clip, e.g. "a red circle moves to the right"')
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames {args.frames}; ask for 1 or more frames")
     model = resolve_model(args.model)
 
     out = Path(args.out) if args.out else default_output(args.prompt)
@@ -122,8 +136,12 @@ def run_sampling(args, task: str) -> int:
         clip = read_video(args.video)
         video, input_fps = clip.frames, clip.fps
 
+    import logging
+
     import torch
 
+    logging.getLogger("pipelines.pipeline").setLevel(logging.ERROR)  # notices are printed here instead
+    _quiet_loading()
     pipe = load_pipeline(model, args.device, args.dtype)
     request = pipe.check_inputs(args.prompt, args.frames, height, width, extend=task == "extend",
                                 input_frames=None if video is None else len(video),
