@@ -208,7 +208,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 def from_dict(cls, data: dict, source: str = "config", prefix: str = ""):
     """Build dataclass `cls` from a mapping; unknown keys and mistyped values raise UserError."""
     if not isinstance(data, dict):
-        raise UserError(f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, got {data!r}")
+        where = f"key '{prefix.rstrip('.')}'" if prefix else "the top level"
+        raise UserError(f"{source}: {where} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values = {}

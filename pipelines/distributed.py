@@ -305,11 +305,13 @@ def _quiet_deepspeed() -> None:
     """DeepSpeed logs every step at INFO; keep warnings. On CPU, skip its shared-memory all-reduce
     kernel, which is compiled on first use (minutes) and only speeds up large CPU runs: gloo is used."""
     import logging
+    import warnings
 
     import deepspeed.comm.torch as ds_torch
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     if not torch.cuda.is_available():
         ds_torch.build_shm_op = lambda: None
 

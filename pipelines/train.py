@@ -98,6 +98,7 @@ class DiTTask:
                                   **{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
         self.model.to(self.device)
         self.spatial_multiple = self.model.patch[1] * (self.vae.spatial_factor if self.vae is not None else 1)
+        self.temporal_factor = self.vae.temporal_factor if self.vae is not None else 4
 
     @property
     def text_dims(self) -> tuple[int, ...]:
@@ -168,6 +169,7 @@ class VAETask:
         self.criterion = VAELoss(reconstruction=cfg.vae.reconstruction, kl_weight=cfg.vae.kl_weight,
                                  disc_weight=cfg.vae.disc_weight, disc_start=cfg.vae.disc_start).to(self.device)
         self.spatial_multiple = self.model.spatial_factor
+        self.temporal_factor = self.model.temporal_factor
         self.step = 0
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -223,13 +225,13 @@ def _preset(name: str, presets: dict) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def make_data(cfg: TrainConfig, world: World, spatial_multiple: int):
+def make_data(cfg: TrainConfig, world: World, spatial_multiple: int, temporal_factor: int):
     """The data set, its bucket sampler (this rank's share) and a DataLoader over them."""
     from pipelines.data import BucketSampler, Bucket, LatentCache, VideoFolder, collate
 
     d = cfg.data
     if d.latent_cache:
-        dataset = LatentCache(d.latent_cache, latent_frames=1 + (d.frames - 1) // 4, random_offset=d.random_offset,
+        dataset = LatentCache(d.latent_cache, latent_frames=1 + (d.frames - 1) // temporal_factor, random_offset=d.random_offset,
                               seed=cfg.seed)
     else:
         root = Path(d.root)
@@ -238,7 +240,8 @@ def make_data(cfg: TrainConfig, world: World, spatial_multiple: int):
         buckets = [Bucket(*b) for b in d.buckets] or None
         dataset = VideoFolder(root, frames=d.frames, fps=d.fps, buckets=buckets, base_size=d.base_size,
                               image_frames=d.image_frames, random_offset=d.random_offset, seed=cfg.seed,
-                              captions=d.captions, spatial_multiple=spatial_multiple)
+                              captions=d.captions, spatial_multiple=spatial_multiple,
+                              temporal_factor=temporal_factor)
     if len(dataset) == 0:
         raise UserError(f"no usable clips in {d.latent_cache or d.root}; add videos or images (.mp4, .png, ...)")
     sampler = BucketSampler(dataset, d.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
@@ -518,7 +521,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
     # randomness, and the generator drives timesteps, noise and given frames.
     torch.manual_seed(cfg.seed)
     task = DiTTask(cfg, world) if cfg.model.kind == "dit" else VAETask(cfg, world)
-    dataset, sampler, loader = make_data(cfg, world, task.spatial_multiple)
+    dataset, sampler, loader = make_data(cfg, world, task.spatial_multiple, task.temporal_factor)
     module = task.model
     if cfg.gradient_checkpointing:
         module.enable_gradient_checkpointing()
@@ -561,7 +564,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
     clips, tic = 0, time.perf_counter()
     batch = None
     while step < end:
-        losses = []
+        losses, lr = [], engine.lr
         for _ in range(o.grad_accum):
             batch = next(batches)
             if isinstance(task, VAETask):
@@ -581,7 +584,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
 
         if step % cfg.log_every == 0 or step == end:
             elapsed = time.perf_counter() - tic
-            logger.log({"step": step, "loss": loss_value, "lr": engine.lr, "grad_norm": engine.grad_norm,
+            logger.log({"step": step, "loss": loss_value, "lr": lr, "grad_norm": engine.grad_norm,
                         "clips_per_s": clips * world.world_size / max(elapsed, 1e-9), "time": time.time()})
             clips, tic = 0, time.perf_counter()
         if step % cfg.save_every == 0 or step == end:

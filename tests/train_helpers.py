@@ -66,3 +66,16 @@ def losses(run: Path) -> dict[int, float]:
 def spacetime(*args, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=REPO, timeout=timeout)
+
+
+def cli(*args) -> tuple[int, str]:
+    """Run `spacetime ARGS` in this process; return (exit status, what it wrote to stderr)."""
+    import contextlib
+    import io
+
+    from pipelines import cli as spacetime_cli
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = spacetime_cli.main([str(a) for a in args])
+    return code, err.getvalue()
