@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.toyworld.captions import parse_prompt
-from pipelines.toyworld.render import shape_sdf
 from pipelines.toyworld.scenes import (
-    BOUNCES, DIRECTIONS, PALETTE, PAN_CONTENT_DIRECTION, SHAPE_KINDS, ObjectSpec, PromptSpec, Scene,
+    BOUNCES, DIRECTIONS, PALETTE, PAN_CONTENT_DIRECTION, ObjectSpec, PromptSpec, Scene,
 )
 
 MIN_SATURATION = 0.35  # a pixel this saturated (and this bright) has a hue worth naming
@@ -40,6 +39,7 @@ BOUNCE_TURN = 0.06  # a bounce is a turning point at least this far from both en
 GROW_RATIO = 1.4  # area ratio last/first for growing (and 1/GROW_RATIO for shrinking)
 ZOOM_RATIO = 1.15  # content scale over the clip for a zoom
 PAN_DISTANCE = 0.03  # content shift (fraction of the frame) for a pan
+LOWPASS = 0.15  # phase correlation weighs frequencies by a Gaussian of this width (cycles per pixel)
 
 _HUES = {}  # palette name -> hue in degrees, for the saturated colours
 
@@ -122,23 +122,40 @@ def largest_components(masks: np.ndarray) -> np.ndarray:
     return keep
 
 
-def classify_shape(mask: np.ndarray) -> tuple[str | None, dict[str, float]]:
-    """Name the shape of a one-blob boolean (H, W) mask: the template (fitted to the blob's bounding
-    box) with the highest intersection-over-union. None for blobs under 4 pixels across."""
+SQUARE_C4 = -0.17  # the four-fold harmonic of a shape: about -0.43 for a square, 0 for a circle,
+DIAMOND_C4 = 0.1  # +0.42 for a diamond; blur and small sizes pull all of them towards 0
+TRIANGLE_SKEW = -0.22  # vertical skewness: -0.56 for an upright triangle (its mass sits low), 0 otherwise
+
+
+def shape_features(mask: np.ndarray) -> dict[str, float]:
+    """Moments of a blob that tell the shapes apart and survive blur better than outlines do:
+    `c4`, the cos(4 theta) harmonic of r^4 about the centroid (negative when the mass reaches into
+    the corners of an upright box, positive when it lies along the axes), and `skew`, the
+    vertical skewness (an upright triangle's mass lies low: negative)."""
     ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    x = xs - xs.mean()
+    y = ys - ys.mean()
+    m40, m04, m22 = (x ** 4).mean(), (y ** 4).mean(), (x * x * y * y).mean()
+    m02 = (y * y).mean()
+    return {"c4": float((m40 + m04 - 6 * m22) / max(m40 + m04 + 2 * m22, 1e-9)),
+            "skew": float((y ** 3).mean() / max(m02 ** 1.5, 1e-9))}
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str | None, dict[str, float]]:
+    """Name the shape of a one-blob boolean (H, W) mask from its moments (see shape_features):
+    a triangle if it is bottom-heavy, else a square, a diamond or a circle by its four-fold
+    harmonic. None for blobs under 4 pixels across."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0 or min(np.ptp(ys), np.ptp(xs)) + 1 < 4:
         return None, {}
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    if min(y1 - y0, x1 - x0) < 4:
-        return None, {}
-    box = mask[y0:y1, x0:x1]
-    v = ((np.arange(y1 - y0) + 0.5) / ((y1 - y0) / 2) - 1.0)[:, None]
-    u = ((np.arange(x1 - x0) + 0.5) / ((x1 - x0) / 2) - 1.0)[None, :]
-    scores = {}
-    for kind in SHAPE_KINDS:
-        template = shape_sdf(kind, u, v) <= 0
-        scores[kind] = float((template & box).sum() / max(1, (template | box).sum()))
-    return max(scores, key=scores.get), scores
+    features = shape_features(mask)
+    if features["skew"] <= TRIANGLE_SKEW:
+        return "triangle", features
+    if features["c4"] <= SQUARE_C4:
+        return "square", features
+    if features["c4"] >= DIAMOND_C4:
+        return "diamond", features
+    return "circle", features
 
 
 def _dilate(mask: np.ndarray, steps: int = 1) -> np.ndarray:
@@ -295,7 +312,10 @@ def phase_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     fa = np.fft.fft2((a - a.mean()) * window)
     fb = np.fft.fft2((b - b.mean()) * window)
     cross = fb * np.conj(fa)
-    surface = np.fft.ifft2(cross / (np.abs(cross) + 1e-9)).real
+    # whitened cross-power, weighted towards low frequencies where noise and blur leave the phase intact
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    weight = np.exp(-(fy * fy + fx * fx) / (2 * LOWPASS ** 2))
+    surface = np.fft.ifft2(cross / (np.abs(cross) + 1e-9) * weight).real
     py, px = np.unravel_index(int(surface.argmax()), surface.shape)
 
     def refine(c_minus: float, c0: float, c_plus: float) -> float:
@@ -414,7 +434,11 @@ def judge_object(frames: np.ndarray, obj: ObjectSpec, labels: np.ndarray | None 
     """Is there an object of this colour, of this shape, moving and changing size as asked?"""
     track = track_colour(frames, obj.colour, labels=labels)
     kinds = Counter(k for k in track.kinds if k is not None)
-    kind = kinds.most_common(1)[0][0] if kinds else None
+    votes = Counter()  # larger views of a shape are surer: votes weigh by area
+    for k, area in zip(track.kinds, track.area):
+        if k is not None:
+            votes[k] += float(area)
+    kind = votes.most_common(1)[0][0] if votes else None
     motion = motion_of(track)
     checks = {
         "colour": track.presence >= MIN_PRESENCE,

@@ -135,9 +135,9 @@ def _article(word: str) -> str:
 def _object_phrase(w: _Writer, shape: Shape) -> str:
     words = []
     if shape.change == "none" and w.rng.uniform() < 0.5:
-        if shape.size <= 0.09:
+        if shape.size <= 0.11:
             words.append(w.pick(SIZE_WORDS["small"]))
-        elif shape.size >= 0.16:
+        elif shape.size >= 0.17:
             words.append(w.pick(SIZE_WORDS["large"]))
     words.append(w.pick(COLOUR_WORDS[shape.colour]))
     words.append(w.pick(SHAPE_WORDS[shape.kind], 0.4))

@@ -220,7 +220,7 @@ def sample_background(rng: np.random.Generator, name: str | None = None) -> Back
 
 def sample_shape(rng: np.random.Generator, *, colour: str, frames: int = REFERENCE_FRAMES, aspect: float = 1.0,
                  kind: str | None = None, motion: str | None = None, change: str | None = None,
-                 size_range: tuple[float, float] = (0.08, 0.18)) -> Shape:
+                 size_range: tuple[float, float] = (0.1, 0.2)) -> Shape:
     """One shape; anything not given is drawn. Its whole path stays inside the frame for `frames`."""
     if frames < 2:
         raise ValueError(f"a clip needs at least 2 frames, got {frames}")
@@ -237,8 +237,8 @@ def sample_shape(rng: np.random.Generator, *, colour: str, frames: int = REFEREN
     if kind not in SHAPE_KINDS or motion not in MOTIONS or change not in CHANGES or colour not in PALETTE:
         raise ValueError(f"unknown shape {kind!r} / motion {motion!r} / change {change!r} / colour {colour!r}")
 
-    small = rng.uniform(0.06, 0.1)
-    ratio = rng.uniform(1.7, 2.4)
+    small = rng.uniform(0.07, 0.1)
+    ratio = rng.uniform(1.6, 2.2)
     start, end = {"none": (rng.uniform(*size_range),) * 2, "grow": (small, small * ratio),
                   "shrink": (small * ratio, small)}[change]
     growth = math.log(end / start) / (frames - 1)
@@ -297,7 +297,7 @@ def sample_shape_scene(rng: np.random.Generator, *, frames: int = REFERENCE_FRAM
         wanted = [(colours[i], None, None, None) for i in rng.choice(len(colours), size=count, replace=False)]
     else:
         wanted = [(o.colour, o.kind, o.motion, o.change) for o in objects]
-    size_range = (0.08, 0.18) if len(wanted) == 1 else (0.07, 0.13)
+    size_range = (0.1, 0.2) if len(wanted) == 1 else (0.08, 0.14)
     shapes: list[Shape] = []
     for colour, kind, motion, change in wanted:
         for _ in range(200):
