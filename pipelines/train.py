@@ -385,10 +385,10 @@ def load_checkpoint(folder: Path, engine: Engine, ema: ShardedEMA | None, genera
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use_ema: bool = True,
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, adapter: str | os.PathLike | None = None) -> Path:
     """Write a checkpoint's weights (EMA when present and `use_ema`) as a `save_pretrained` folder.
     Works for plain and DeepSpeed ZeRO checkpoints (gathered with DeepSpeed's zero_to_fp32);
-    LoRA adapters are merged into the base weights."""
+    LoRA adapters are merged into the base weights, and also written alone to `adapter` if given."""
     from pipelines import lora
 
     folder = find_checkpoint(checkpoint)
@@ -410,6 +410,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
         weights.update(load_file(folder / "ema.safetensors"))
     module.load_state_dict(weights, strict=True)
     if cfg.lora.rank:
+        if adapter is not None:
+            lora.save_adapter(module, adapter)
         module = lora.merge(module)
     tmp = out.with_name(f".tmp_{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -601,6 +603,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
 
     logger.close()
     if step >= cfg.steps and world.is_main:
-        export_checkpoint(list_checkpoints(out)[-1], out / "model", use_ema=ema is not None, overwrite=True)
+        export_checkpoint(list_checkpoints(out)[-1], out / "model", use_ema=ema is not None, overwrite=True,
+                          adapter=out / "lora" if cfg.lora.rank else None)
     distributed.barrier(world)
     return out
