@@ -9,6 +9,7 @@ text encoders, `video_dit.attention` the attention function, `video_dit.flops` t
 """
 
 from video_dit import flow
+from video_dit.flops import count_flops, describe
 from video_dit.model import PRESETS, VideoDiT, patchify, unpatchify
 
-__all__ = ["VideoDiT", "PRESETS", "flow", "patchify", "unpatchify"]
+__all__ = ["VideoDiT", "PRESETS", "flow", "count_flops", "describe", "patchify", "unpatchify"]

@@ -17,13 +17,28 @@ def add_arguments(parser) -> None:
 def describe_model_folder(path: Path, frames: int | None, size: str | None) -> dict | None:
     """A model folder's description, or None when the folder holds no model config."""
     config = path / "config.json"
+    if (path / "transformer" / "config.json").is_file():
+        config = path / "transformer" / "config.json"
     if not config.is_file():
         return None
     try:
         cls = json.loads(config.read_text()).get("_class_name")
     except json.JSONDecodeError as err:
         raise UserError(f"{config} is not valid JSON ({err.msg})") from err
+    if cls == "VideoDiT":  # parameters and FLOPs per step at --frames / --size (pixels)
+        from video_dit import describe
+
+        width, height = _parse_size(size) if size else (None, None)
+        return describe(path, frames=frames, height=height, width=width, pixels=True)
     return {"path": str(path), "kind": "model", "class": cls, "config": json.loads(config.read_text())}
+
+
+def _parse_size(size: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError as err:
+        raise UserError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 256x256") from err
+    return width, height
 
 
 def run(args) -> int:
