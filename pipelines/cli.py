@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "extend": ("continue a video for N more frames", "pipelines.commands.extend"),
     "reconstruct": ("encode and decode a video with the VAE; print PSNR and SSIM", None),
     "train": ("train a VAE or DiT from a YAML config", "pipelines.commands.train"),
-    "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", None),
+    "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", "pipelines.commands.finetune"),
     "cache-latents": ("pre-compute VAE latents and prompt embeddings for training", "pipelines.commands.cache_latents"),
     "eval": ("evaluate a model on the held-out toy-world split", None),
     "bench": ("run the benchmarks and print their tables", "pipelines.commands.bench"),

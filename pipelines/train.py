@@ -120,10 +120,12 @@ class DiTTask:
             with torch.no_grad():
                 x0 = self.vae.encode_latents(batch["video"].to(self.device))
             states, masks = self.encode_text(batch["caption"])
-        if states and cfg.text_drop > 0:
-            states, masks = self.text.drop_encoders(states, masks, cfg.text_drop, generator)
-        given = draw_given_mask(x0.shape[0], x0.shape[2], cfg.given, generator)
         from video_dit import flow
+        from video_dit.text import drop_encoders
+
+        if states and cfg.text_drop > 0:
+            states, masks = drop_encoders(states, masks, cfg.text_drop, generator)
+        given = draw_given_mask(x0.shape[0], x0.shape[2], cfg.given, generator)
 
         out = flow.training_losses(model, x0, dict(text_states=states, text_masks=masks), given_mask=given,
                                    context_noise=cfg.context_noise, timestep_sampling=cfg.timestep_sampling,
@@ -144,7 +146,7 @@ class DiTTask:
         if self.text is not None:
             states, masks = self.encode_text(prompts)
             cond = dict(text_states=states, text_masks=masks)
-            states, masks = self.encode_text([""] * len(prompts))
+            states, masks = self.text.null(len(prompts), device=self.device)
             uncond = dict(text_states=states, text_masks=masks)
         noise = torch.randn((len(prompts), *shape), generator=generator).to(self.device)
         latents = flow.sample(model, noise, cond, uncond, guidance=cfg.sample_guidance, num_steps=cfg.sample_steps,
