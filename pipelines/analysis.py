@@ -396,13 +396,16 @@ DRIFT_FLOOR = 0.25 * 255.0 * math.sqrt(3.0)  # the smallest mean-colour norm dri
 
 
 def colour_drift(frames: np.ndarray, chunk: int) -> np.ndarray:
-    """Per chunk of `chunk` frames, how far its mean colour is from the first chunk's:
-    |m_i - m_0| / max(|m_0|, DRIFT_FLOOR) with m the mean RGB (0-255). The floor (a quarter of full
-    scale) keeps a dark first chunk from turning small changes into large ratios."""
+    """Per chunk, how far its mean colour is from the first chunk's: |m_i - m_0| / max(|m_0|, DRIFT_FLOOR)
+    with m the mean RGB (0-255). Chunks follow the causal VAE: the first is 1 + `chunk` frames, the
+    others `chunk` (a clip of 1 + 10 * 16 frames has ten chunks). The floor (a quarter of full scale)
+    keeps a dark first chunk from turning small changes into large ratios."""
     frames = _check_clip(frames)
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1 frame, got {chunk}")
-    means = np.array([frames[i:i + chunk].reshape(-1, 3).mean(axis=0) for i in range(0, len(frames), chunk)])
+    starts = [0, *range(1 + chunk, len(frames), chunk)]
+    ends = [*starts[1:], len(frames)]
+    means = np.array([frames[a:b].reshape(-1, 3).mean(axis=0) for a, b in zip(starts, ends)])
     reference = means[0]
     return np.linalg.norm(means - reference, axis=1) / max(float(np.linalg.norm(reference)), DRIFT_FLOOR)
 
