@@ -1,10 +1,17 @@
 """`spacetime cache-latents`: bad input is refused before any work; a real cache is written and read back."""
 
-import pytest
+import json
+from pathlib import Path
 
+import pytest
+import torch
+
+from conftest import moving_square
 from pipelines import cli
-from pipelines.commands.cache_latents import clip_lengths
+from pipelines.commands.cache_latents import clip_lengths, load_text, load_vae
+from pipelines.data import LatentCache, SkippedFileWarning, VideoFolder
 from pipelines.errors import UserError
+from pipelines.video_io import write_image, write_video
 
 
 def test_clip_lengths_are_every_causal_length_in_range():
@@ -26,3 +33,71 @@ def test_bad_folders_are_refused_before_any_work(tmp_path, capsys):
     assert cli.main(["cache-latents", "--data", str(tmp_path), "--out", str(busy), "--overwrite"]) == 2
     assert "holds no latent cache" in capsys.readouterr().err
     assert (busy / "notes.txt").read_text() == "keep me"
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    write_video(root / "long_walk.mp4", moving_square(21, 32, 48, seed=1), fps=8)
+    write_video(root / "short_hop.mp4", moving_square(11, 32, 48, seed=2), fps=8)
+    write_image(root / "still.png", moving_square(1, 32, 32, seed=3)[0])
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))
+    (root / "captions.csv").write_text("path,caption\nlong_walk.mp4,a square walks right\n")
+    return root
+
+
+def test_cache_holds_long_clips_that_match_the_vae_and_text_encoder(data, tmp_path, capsys):
+    out = tmp_path / "cache"
+    args = ["cache-latents", "--data", str(data), "--out", str(out), "--vae", "tiny", "--frames", "21",
+            "--min-frames", "9", "--size", "48", "--batch-size", "2", "--text-encoder", "minilm"]
+    assert cli.main(args) == 0
+    captured = capsys.readouterr()
+    assert "cached 3 clips" in captured.out and "1 skipped (1 unreadable)" in captured.out
+    assert captured.err.count("broken.mp4") == 1  # one warning for the bad file
+
+    cache = LatentCache(out)
+    entries = {e["path"]: e for e in cache.entries}
+    assert cache.skipped == {str(data / "broken.mp4"): cache.skipped[str(data / "broken.mp4")]}
+    shapes = {Path(p).name: e["latent_shape"] for p, e in entries.items()}
+    # 21 frames -> 6 latent frames; 11 -> the 9 first -> 3; the still is one latent frame; 8x spatial
+    assert shapes == {"long_walk.mp4": [16, 6, 4, 6], "short_hop.mp4": [16, 3, 4, 6], "still.png": [16, 1, 6, 6]}
+
+    # the stored latents are the VAE's latents of the clip from its first frame
+    vae = load_vae("tiny", None)[0].eval()
+    with pytest.warns(SkippedFileWarning, match="broken.mp4"):
+        ds = VideoFolder(data, frames=list(range(9, 22, 4)), fps=8.0, base_size=48, random_offset=False)
+    i = [s.path.name for s in ds.samples].index("long_walk.mp4")
+    index = [e["path"] for e in cache.entries].index(str(data / "long_walk.mp4"))
+    with torch.no_grad():
+        expected = vae.encode_latents(ds[i]["video"][None])[0]
+    item = cache[index]
+    assert torch.allclose(item["latents"], expected, atol=1e-5)
+    assert item["caption"] == "a square walks right"
+
+    # ... and the prompt's token states, cut to its own tokens; the null prompt for guidance
+    encoders, names = load_text(["minilm"], None)
+    assert json.loads((out / "index.json").read_text())["text_encoders"] == names == ["minilm"]
+    states, masks = encoders.encode(["a square walks right"])
+    n = int(masks[0].sum())
+    assert torch.allclose(item["text_states"][0], states[0][0, :n], atol=1e-5) and item["text_masks"][0].all()
+    null_states, null_masks = cache.null_text()
+    assert null_states[0].shape == (1, 384) and not null_states[0].any() and null_masks[0].all()
+
+    # training takes windows at random latent offsets inside the long clip
+    windows = LatentCache(out, latent_frames=3, seed=0)
+    offsets = set()
+    for epoch in range(12):
+        windows.set_epoch(epoch)
+        w = windows[index]
+        offsets.add(w["offset"])
+        assert torch.equal(w["latents"], item["latents"][:, w["offset"] : w["offset"] + 3])
+    assert len(offsets) > 2 and max(offsets) <= 3
+
+    # an existing cache is replaced only with --overwrite
+    assert cli.main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(args[:-2] + ["--overwrite", "--frames", "9", "--text-encoder", "none"]) == 0
+    assert {e["latent_shape"][1] for e in LatentCache(out).entries} == {1, 3}
+    again = LatentCache(out)
+    assert again.null_text() is None and again[0]["text_states"] == []

@@ -350,3 +350,14 @@ def test_resume_from_a_batch_sampler_state_through_the_loader(folder):
     sampler3.load_state_dict(state)
     rest = [b["path"] for b in torch.utils.data.DataLoader(ds, batch_sampler=sampler3, collate_fn=collate)]
     assert first[2:] == rest
+
+
+def test_several_lengths_each_file_takes_the_longest_it_can_fill(folder):
+    ds = VideoFolder(folder, frames=[5, 9, 13], fps=8.0, base_size=48)
+    length = {s.path.name: ds.buckets[b].frames for s, b in zip(ds.samples, ds.bucket_ids)}
+    # red_ball: 27 frames at 24 fps -> 9 at 8 fps; blue_box 12 at 8 fps; tall 10 at 8 fps
+    assert length == {"red_ball.mp4": 9, "blue_box.mp4": 9, "tall.mp4": 9, "still_a.png": 1, "still_b.jpg": 1}
+    native = VideoFolder(folder, frames=[5, 9, 13], fps=None, base_size=48)
+    length = {s.path.name: native.buckets[b].frames for s, b in zip(native.samples, native.bucket_ids)}
+    assert length["red_ball.mp4"] == 13 and length["blue_box.mp4"] == 9
+    assert native[[s.path.name for s in native.samples].index("red_ball.mp4")]["stride"] == 1

@@ -72,13 +72,15 @@ def run(args) -> int:
     encoders, encoder_names = load_text(args.text_encoder, args.model)
     tf, sf = int(vae.temporal_factor), int(vae.spatial_factor)
     lengths = clip_lengths(args.frames, args.min_frames, tf)
-    vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    vae.to(device).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        vae.to(dtype=dtype)
     if encoders is not None:
         encoders.to(device).eval()
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", SkippedFileWarning)
-        warnings.formatwarning = _one_line_warning
+        warnings.showwarning = _one_line_warning
         ds = VideoFolder(args.data, frames=lengths, fps=args.fps or None, base_size=args.size, image_frames=1,
                          random_offset=False, captions=args.captions, spatial_multiple=sf * args.patch,
                          temporal_factor=tf)
@@ -101,12 +103,12 @@ def run(args) -> int:
     with LatentCacheWriter(out, info=info, shard_size=args.shard_size, overwrite=args.overwrite) as writer:
         for path, reason in ds.skipped.items():
             writer.skip(path, reason)
-        if encoders is not None:
-            states, masks = _encode_text(encoders, [""])
+        if encoders is not None:  # the unconditional prompt the DiT is trained and guided with
+            states, masks = encoders.null(1)
             writer.set_null_text([s[0] for s in states], [m[0] for m in masks])
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("always", SkippedFileWarning)
-            warnings.formatwarning = _one_line_warning
+            warnings.showwarning = _one_line_warning
             for batch in tqdm(loader, desc="cache-latents", unit="batch", disable=not sys.stderr.isatty()):
                 for path, reason in batch["skipped"].items():
                     ds.skipped[path] = reason
@@ -246,5 +248,5 @@ def _device(name: str):
     return device
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)

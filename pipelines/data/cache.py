@@ -121,6 +121,7 @@ class LatentCacheWriter:
         with open(self._tmp / INDEX, "w") as f:
             json.dump(index, f, indent=1)
             f.write("\n")
+        _share_like_new_files(self._tmp)
         old = None
         if self.out.exists():
             if any(self.out.iterdir()):
@@ -144,6 +145,16 @@ class LatentCacheWriter:
             self.close()
         else:
             self.abort()
+
+
+def _share_like_new_files(folder: Path) -> None:
+    """Give the folder and its files the permissions a plain mkdir / open would (temporary names are
+    created private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for file in folder.iterdir():
+        os.chmod(file, 0o666 & ~umask)
 
 
 def check_cache_output(out: Path, overwrite: bool) -> None:
