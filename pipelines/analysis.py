@@ -304,9 +304,21 @@ def _grey(frames: np.ndarray) -> np.ndarray:
 
 def phase_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """The shift (dy, dx) in pixels that carries image `a` onto image `b` (b(p) ~ a(p - shift)),
-    sub-pixel, from two grey (H, W) images. Content moving right gives dx > 0."""
+    sub-pixel, from two grey (H, W) images. Content moving right gives dx > 0.
+
+    The window that hides the images' edges pulls a peak towards zero shift, so the whole-pixel
+    part is found first, `b` is rolled back by it, and the remaining fraction is measured again."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    dy, dx = _phase_peak(a, b)
+    iy, ix = int(round(dy)), int(round(dx))
+    if iy == 0 and ix == 0:
+        return dy, dx
+    ry, rx = _phase_peak(a, np.roll(b, (-iy, -ix), axis=(0, 1)))
+    return iy + ry, ix + rx
+
+
+def _phase_peak(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     h, w = a.shape
     window = np.outer(np.hanning(h), np.hanning(w))
     fa = np.fft.fft2((a - a.mean()) * window)
