@@ -4,7 +4,6 @@ import os
 import warnings
 
 import av
-import numpy as np
 import pytest
 import torch
 

@@ -16,8 +16,6 @@ batch comes out the same whichever worker reads it, and a resumed run sees the s
 
 from __future__ import annotations
 
-import logging
-import math
 import os
 import warnings
 from collections import Counter
@@ -31,8 +29,6 @@ from pipelines.data.buckets import DEFAULT_ASPECTS, Bucket, check_buckets, check
 from pipelines.data.manifest import Sample, scan_folder
 from pipelines.errors import UserError
 from pipelines.video_io import IMAGE_EXTENSIONS, frames_to_tensor, probe, read_image, read_video, resize_and_crop
-
-log = logging.getLogger(__name__)
 
 
 class SkippedFileWarning(UserWarning):
