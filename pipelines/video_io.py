@@ -518,10 +518,12 @@ class VideoWriter:
 
     def _commit(self) -> None:
         if self.kind != "frames":
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
             return
+        for frame in self._tmp.iterdir():
+            _default_mode(frame)
         if not self.path.exists():
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
             return
         # An existing folder (checked for --overwrite up front): drop its old frames, move ours in.
         for old in _png_frames(self.path):
@@ -554,6 +556,19 @@ class VideoWriter:
             self.abort()
 
 
+def _default_mode(path: str | os.PathLike) -> None:
+    """Give a file made by `tempfile` (private, 0600/0700) the mode a plain open() would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
+
+
+def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move a finished temporary file or folder under its final name (atomic on one file system)."""
+    _default_mode(tmp)
+    os.replace(tmp, final)
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: float, *,
                 overwrite: bool = False, sidecar: dict | None = None, quality: int = 17) -> Path:
     """Write frames (T, H, W, 3) uint8 (or an iterable of chunks) to mp4 / gif / webp / PNG folder.
@@ -579,7 +594,7 @@ def write_json(path: str | os.PathLike, data: dict, *, overwrite: bool = False) 
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=str)
             f.write("\n")
-        os.replace(tmp, p)
+        publish(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -599,7 +614,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
     os.close(fd)
     try:
         Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp)
-        os.replace(tmp, p)
+        publish(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -186,3 +186,16 @@ def test_broken_videos_raise_a_user_error_naming_the_file(tmp_path, case):
         _zero_frame_mp4(path)
     with pytest.raises(UserError, match=f"{case}.mp4"):
         read_video(path)
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        clip = write_video(tmp_path / "clip.mp4", moving_square(3), fps=8, sidecar={"seed": 1})
+        frames = write_video(f"{tmp_path}/frames/", moving_square(3), fps=8)
+    finally:
+        os.umask(umask)
+    assert clip.stat().st_mode & 0o777 == 0o644
+    assert sidecar_path(clip).stat().st_mode & 0o777 == 0o644
+    assert frames.stat().st_mode & 0o777 == 0o755
+    assert (frames / "frame_00000.png").stat().st_mode & 0o777 == 0o644
