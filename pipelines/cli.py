@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "train": ("train a VAE or DiT from a YAML config", "pipelines.commands.train"),
     "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", "pipelines.commands.finetune"),
     "cache-latents": ("pre-compute VAE latents and prompt embeddings for training", "pipelines.commands.cache_latents"),
-    "eval": ("evaluate a model on the held-out toy-world split", None),
+    "eval": ("evaluate a model on the held-out toy-world split", "pipelines.commands.eval"),
     "make-dataset": ("write a procedural toy-world data set (clips, captions.jsonl, scenes.jsonl)",
                      "pipelines.commands.make_dataset"),
     "bench": ("run the benchmarks and print their tables", "pipelines.commands.bench"),
