@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import secrets
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 MODEL_INDEX = "model_index.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 DEFAULT_ENCODER = "minilm"  # in model_index.json: the text encoder installed with the package
+DEFAULT_NAMES = (DEFAULT_ENCODER, "default")  # "default" is what training configs call it
 NO_DEFAULT_MODEL = (
     "no default model is installed in this version; pass --model DIR "
     "(a folder written by SpacetimePipeline.save_pretrained or spacetime train)"
@@ -301,11 +303,13 @@ class SpacetimePipeline(DiffusionPipeline):
         return plan_windows(request.latent_frames, self.native_latent_frames, known, self.config.context_latent_frames)
 
     def prompt_notices(self, prompt: str) -> list[str]:
+        """'prompt truncated ...' for each text encoder that takes fewer tokens than the prompt has."""
         notices = []
-        for i, encoder in enumerate(getattr(self.text_encoder, "encoders", [])):
-            count, limit = encoder.count_tokens(prompt), encoder.max_length
+        encoders = list(self.text_encoder.encoders) if self.text_encoder is not None else []
+        for i, encoder in enumerate(encoders):
+            count, limit = encoder.token_counts([prompt])[0], encoder.max_length
             if count > limit:
-                which = f"text encoder {i}" if len(self.text_encoder.encoders) > 1 else "the text encoder"
+                which = f"text encoder {i}" if len(encoders) > 1 else "the text encoder"
                 notices.append(f"prompt truncated: it has {count} tokens and {which} takes {limit}")
         return notices
 
@@ -499,21 +503,27 @@ class SpacetimePipeline(DiffusionPipeline):
             else:
                 collected.append(frames_np)
 
+        def decode(latents: torch.Tensor, show: bool = True) -> None:
+            # One latent frame at a time: the decoder's working memory is that of one latent
+            # frame (4 pixel frames) in every window, the first included.
+            for z in latents.split(1, dim=2):
+                pixels = decoder.decode(z.to(self._vae_dtype()))  # (1, 3, 1 or 4, H, W)
+                if show:
+                    emit(_tensor_to_frames(pixels), pixels)
+
         if known is not None:
             if output_type == "latent":
                 collected.append(known)
+            elif emitted_prefix is not None:  # extension: the input's own frames, unchanged
+                decode(known, show=False)  # primes the decoder's caches with the input's latents
+                emit(emitted_prefix, _frames_to_tensor(emitted_prefix))
             else:
-                pixels = decoder.decode(known.to(self._vae_dtype()))  # primes the decoder's caches
-                if emitted_prefix is not None:  # extension: the input's own frames, unchanged
-                    emit(emitted_prefix, _frames_to_tensor(emitted_prefix))
-                else:
-                    emit(_tensor_to_frames(pixels), pixels)
+                decode(known)
         for _, window, new in sample_windows(windows, sample_window, like, known, end_given):
             if output_type == "latent":
                 collected.append(new)
-                continue
-            pixels = decoder.decode(new.to(self._vae_dtype()))  # (1, 3, t, H, W)
-            emit(_tensor_to_frames(pixels), pixels)
+            else:
+                decode(new)
         progress.close()
 
         total = request.num_frames + (0 if emitted_prefix is None else len(emitted_prefix))
@@ -553,14 +563,17 @@ class SpacetimePipeline(DiffusionPipeline):
         root.mkdir(parents=True, exist_ok=True)
         self.vae.save_pretrained(root / "vae", safe_serialization=True)
         self.transformer.save_pretrained(root / "transformer", safe_serialization=True)
-        encoders = []
-        for i, encoder in enumerate(self.text_encoder.encoders):
-            if encoder.is_default:
+        encoders, lengths = [], []
+        for i, encoder in enumerate(self.text_encoder.encoders if self.text_encoder is not None else []):
+            if _is_default_encoder(encoder):
                 encoders.append(DEFAULT_ENCODER)
-            else:
+            else:  # the encoder's own folder (config, weights, tokenizer) is copied in
                 name = f"text_encoder_{i}"
-                encoder.save_pretrained(root / name)
+                if (root / name).exists():
+                    shutil.rmtree(root / name)
+                shutil.copytree(encoder.path, root / name)
                 encoders.append(name)
+            lengths.append(int(encoder.max_length))
         index = {
             "_class_name": type(self).__name__,
             "_diffusers_version": _diffusers_version(),
@@ -568,6 +581,7 @@ class SpacetimePipeline(DiffusionPipeline):
             "vae": [type(self.vae).__module__.split(".")[0], type(self.vae).__name__],
             "transformer": [type(self.transformer).__module__.split(".")[0], type(self.transformer).__name__],
             "text_encoders": encoders,
+            "text_max_lengths": lengths,
             **{k: self.config[k] for k in _SETTINGS},
         }
         _write_json_atomic(root / MODEL_INDEX, index)
@@ -584,7 +598,7 @@ class SpacetimePipeline(DiffusionPipeline):
         expected = [MODEL_INDEX, f"vae/config.json", f"vae/{WEIGHTS_NAME}", f"transformer/config.json",
                     f"transformer/{WEIGHTS_NAME}"]
         for name in index.get("text_encoders", []):
-            if name != DEFAULT_ENCODER:
+            if name not in DEFAULT_NAMES:
                 expected.append(f"{name}/config.json")
         missing = [p for p in expected if not (root / p).is_file()]
         if missing:
@@ -597,16 +611,18 @@ class SpacetimePipeline(DiffusionPipeline):
 
         vae = _load_model(CausalVideoVAE, root / "vae")
         transformer = _load_model(VideoDiT, root / "transformer")
+        names = index.get("text_encoders", [])
+        lengths = index.get("text_max_lengths") or [None] * len(names)
         encoders = []
-        for name in index.get("text_encoders", []):
+        for name, length in zip(names, lengths):
+            where = "the installed default text encoder" if name in DEFAULT_NAMES else str(root / name)
             try:
-                encoders.append(TextEncoder(None if name == DEFAULT_ENCODER else str(root / name)))
-            except UserError:
-                raise
-            except Exception as err:  # transformers raises many types
-                raise UserError(f"{root / name}: cannot load the text encoder ({_first_line(err)})") from err
+                encoders.append(TextEncoder(None if name in DEFAULT_NAMES else root / name, max_length=length))
+            except Exception as err:  # ValueError from video_dit, OSError and others from transformers
+                raise UserError(f"{where}: cannot load the text encoder ({_first_line(err)})") from err
         settings = {k: index[k] for k in _SETTINGS if k in index}
-        pipe = cls(vae=vae, transformer=transformer, text_encoder=TextEncoders(encoders), **settings)
+        pipe = cls(vae=vae, transformer=transformer, text_encoder=TextEncoders(encoders) if encoders else None,
+                   **settings)
         pipe.eval()
         if torch_dtype is not None:
             pipe.transformer.to(dtype=torch_dtype)
@@ -626,6 +642,12 @@ _SETTINGS = ("native_frames", "height", "width", "fps", "num_inference_steps", "
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+def _is_default_encoder(encoder) -> bool:
+    from video_dit.text import default_encoder_path
+
+    return Path(encoder.path).resolve() == Path(default_encoder_path()).resolve()
 
 
 def _load_still(image, read_image) -> np.ndarray | None:

@@ -24,8 +24,8 @@ def tiny_pipeline(context_latent_frames: int = 1, steps: int = 2, text: bool = T
     with torch.random.fork_rng():
         torch.manual_seed(0)
         vae = CausalVideoVAE(**VAE_PRESETS["tiny"]).eval()
-        encoders = TextEncoders([TextEncoder()] if text else [])
-        dit = VideoDiT(in_channels=vae.config.latent_channels, text_dims=tuple(encoders.dims),
+        encoders = TextEncoders([TextEncoder()]) if text else None
+        dit = VideoDiT(in_channels=vae.config.latent_channels, text_dims=tuple(encoders.dims) if text else (),
                        **{**DIT_PRESETS["tiny"], "hidden_size": 32, "num_heads": 2}).eval()
         for name, p in dit.named_parameters():
             if not p.any():  # the adaLN-Zero gates and the final layer
