@@ -18,6 +18,26 @@ def model(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", context_latent_frames=2)
 
 
+@pytest.fixture(autouse=True)
+def load_each_model_once(monkeypatch):
+    """Each CLI run loads its model folder (the first time for real); later runs on the same
+    folder reuse it, which keeps these tests fast."""
+    from pipelines.commands import sampling
+
+    real = sampling.load_pipeline
+
+    def cached(model, device, dtype):
+        key = (str(model), device, dtype)
+        if key not in _loaded:
+            _loaded[key] = real(model, device, dtype)
+        return _loaded[key]
+
+    monkeypatch.setattr(sampling, "load_pipeline", cached)
+
+
+_loaded: dict = {}
+
+
 def run(capsys, *args):
     code = cli.main([str(a) for a in args])
     out = capsys.readouterr()

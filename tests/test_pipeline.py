@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import moving_square
-from pipeline_tiny import HEIGHT, NATIVE_FRAMES, WIDTH, tiny_pipeline
+from pipeline_tiny import HEIGHT, NATIVE_FRAMES, WIDTH, tiny_pipeline, with_settings
 from pipelines.errors import UserError
 from pipelines.pipeline import SpacetimePipeline, default_model_path
 from pipelines.video_io import frames_to_tensor, read_image, resize_and_crop
@@ -175,8 +175,8 @@ def test_extension_frames_are_rounded_to_whole_latent_frames(pipe):
     assert out.frames.shape[1] == 9 + 8 and any("new frames 6 rounded to 8" in n for n in out.notices)
 
 
-def test_an_input_too_short_to_extend_from_is_refused():
-    pipe = tiny_pipeline(context_latent_frames=2)
+def test_an_input_too_short_to_extend_from_is_refused(pipe):
+    pipe = with_settings(pipe, context_latent_frames=2)
     with pytest.raises(UserError, match=r"has 3 frames; extending needs at least 5"):
         pipe("more", video=moving_square(3, 32, 32), num_frames=4, generator=seeded(0))
 
