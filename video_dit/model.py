@@ -19,6 +19,7 @@ starts at zero (adaLN-Zero) so that a fresh model outputs exactly zero.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -108,16 +109,51 @@ def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torc
     return rearrange(torch.addcmul(x4, gate[:, :, None].to(y.dtype), y4), "b t s d -> b (t s) d")
 
 
+def _cpu_has_bf16_matmul() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX); Linux flags only."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # cannot tell: leave bf16 to PyTorch
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+# On CPUs without bf16 matrix units PyTorch multiplies bf16 matrices several times slower than
+# fp32 ones, so `Linear` does the product in fp32 there and rounds the result to bf16: the same
+# dtype in and out, at least the same accuracy. Set to True to always use PyTorch's bf16 GEMM.
+CPU_BF16_MATMUL = _cpu_has_bf16_matmul()
+
+
+class Linear(nn.Linear):
+    """nn.Linear that computes bf16 (weights or autocast) products in fp32 on CPUs without bf16 units."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if CPU_BF16_MATMUL or x.device.type != "cpu":
+            return super().forward(x)
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        if x.dtype != torch.bfloat16 and not autocast:
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            bias = None if self.bias is None else self.bias.float()
+            return F.linear(x.float(), self.weight.float(), bias).to(torch.bfloat16)
+
+
 def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """LayerNorm without affine parameters (the modulation supplies scale and shift)."""
     return F.layer_norm(x, x.shape[-1:], eps=eps)
 
 
 class RMSNorm(nn.RMSNorm):
-    """RMSNorm whose weight follows the input's dtype (so bf16 autocast keeps the fused kernel)."""
+    """RMSNorm computed as one fp32 norm reduction and two multiplies, in the input's dtype.
+
+    Same result as nn.RMSNorm; on CPU it is several times faster than the composite kernel
+    (which squares, sums and rescales the whole tensor in separate passes), most of all in bf16.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32)  # (..., 1)
+        inv = torch.rsqrt(norm.square() / x.shape[-1] + self.eps).to(x.dtype)
+        return x * inv * self.weight.to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,8 +167,8 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_size: int = 256):
         super().__init__()
         self.frequency_size = frequency_size
-        self.linear_1 = nn.Linear(frequency_size, hidden_size)
-        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+        self.linear_1 = Linear(frequency_size, hidden_size)
+        self.linear_2 = Linear(hidden_size, hidden_size)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         freq = timestep_embedding(t * TIMESTEP_SCALE, self.frequency_size).to(self.linear_1.weight.dtype)
@@ -144,8 +180,8 @@ class TextProjection(nn.Module):
 
     def __init__(self, in_features: int, hidden_size: int):
         super().__init__()
-        self.linear_1 = nn.Linear(in_features, hidden_size)
-        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+        self.linear_1 = Linear(in_features, hidden_size)
+        self.linear_2 = Linear(hidden_size, hidden_size)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.linear_2(F.gelu(self.linear_1(states), approximate="tanh"))
@@ -168,10 +204,10 @@ class SelfAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
-        self.to_qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.to_qkv = Linear(hidden_size, 3 * hidden_size)
         self.norm_q = RMSNorm(hidden_size, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(hidden_size, eps=eps) if qk_norm else nn.Identity()
-        self.to_out = nn.Linear(hidden_size, hidden_size)
+        self.to_out = Linear(hidden_size, hidden_size)
         self.backend: str | None = None
 
     def qkv(self, x: torch.Tensor, rope: torch.Tensor | None):
@@ -204,11 +240,11 @@ class CrossAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int, qk_norm: bool = True, eps: float = 1e-6):
         super().__init__()
         self.num_heads = num_heads
-        self.to_q = nn.Linear(hidden_size, hidden_size)
-        self.to_kv = nn.Linear(hidden_size, 2 * hidden_size)
+        self.to_q = Linear(hidden_size, hidden_size)
+        self.to_kv = Linear(hidden_size, 2 * hidden_size)
         self.norm_q = RMSNorm(hidden_size, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNorm(hidden_size, eps=eps) if qk_norm else nn.Identity()
-        self.to_out = nn.Linear(hidden_size, hidden_size)
+        self.to_out = Linear(hidden_size, hidden_size)
         self.backend: str | None = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -222,8 +258,8 @@ class CrossAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, hidden_size: int, mlp_hidden: int, gelu_approximate: str = "none"):
         super().__init__()
-        self.fc1 = nn.Linear(hidden_size, mlp_hidden)
-        self.fc2 = nn.Linear(mlp_hidden, hidden_size)
+        self.fc1 = Linear(hidden_size, mlp_hidden)
+        self.fc2 = Linear(mlp_hidden, hidden_size)
         self.gelu_approximate = gelu_approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -352,7 +388,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.eps = eps
         self.modulation = nn.Parameter(torch.randn(1, 1, 2, hidden_size) / hidden_size**0.5)
-        self.linear = nn.Linear(hidden_size, patch_volume * out_channels)
+        self.linear = Linear(hidden_size, patch_volume * out_channels)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         # x: (B, N, D)   temb: (B, T', D)
@@ -435,12 +471,12 @@ class VideoDiT(ModelMixin, ConfigMixin):
         mlp_hidden = int(hidden_size * mlp_ratio)
         self.num_modulations = 9 if attention == "factorized" else 6
 
-        self.patch_embedding = nn.Linear(patch_volume * in_channels, hidden_size)
+        self.patch_embedding = Linear(patch_volume * in_channels, hidden_size)
         self.time_embedder = TimestepEmbedder(hidden_size, frequency_size)
-        self.time_proj = nn.Linear(hidden_size, self.num_modulations * hidden_size)  # shared by all blocks
+        self.time_proj = Linear(hidden_size, self.num_modulations * hidden_size)  # shared by all blocks
         self.text_embedders = nn.ModuleList([TextProjection(dim, hidden_size) for dim in text_dims])
         if self.joint:
-            self.context_time_proj = nn.Linear(hidden_size, 6 * hidden_size)
+            self.context_time_proj = Linear(hidden_size, 6 * hidden_size)
             self.blocks = nn.ModuleList(
                 [
                     JointBlock(hidden_size, num_heads, mlp_hidden, qk_norm, gelu_approximate, eps, i == depth - 1)
