@@ -128,6 +128,7 @@ def test_extend_keeps_the_input_and_adds_frames(model, tmp_path, capsys):
     (["animate", "{tmp}/missing.png", "x", "--model", "{model}"], "missing.png: no such file"),
     (["extend", "{tmp}/short/", "x", "--frames", "4", "--model", "{model}"], "extending needs at least 5"),
     (["extend", "{tmp}/short/", "x", "--model", "{model}"], "required"),
+    (["generate", "x", "--model", "{model}", "--steps", "0"], "--steps 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(model, tmp_path, capsys, args, words):
     write_video(f"{tmp_path}/short/", moving_square(3, 32, 32), fps=8)
@@ -140,6 +141,19 @@ def test_bad_input_is_one_line_and_exit_2(model, tmp_path, capsys, args, words):
     code, _, err = run(capsys, *args)
     assert code == 2 and words in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bf16_runs_and_cuda_without_a_gpu_is_refused(model, tmp_path, capsys):
+    import torch
+
+    code, _, err = run(capsys, "generate", "a circle", "--model", model, "--out", tmp_path / "bf16.mp4",
+                       "--dtype", "bf16", "--seed", 0)
+    assert code == 0, err
+    assert json.loads((tmp_path / "bf16.mp4.json").read_text())["dtype"] == "bf16"
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, "generate", "a circle", "--model", model, "--out", tmp_path / "gpu.mp4",
+                           "--device", "cuda")
+        assert code == 2 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_model_folder_missing_a_part_is_one_line(model, tmp_path, capsys):
