@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "generate": ("text-to-video: make a clip from a prompt", "pipelines.commands.generate"),
     "animate": ("image-to-video: bring a still to life from a prompt", "pipelines.commands.animate"),
     "extend": ("continue a video for N more frames", "pipelines.commands.extend"),
-    "reconstruct": ("encode and decode a video with the VAE; print PSNR and SSIM", None),
+    "reconstruct": ("encode and decode a video with the VAE; print PSNR and SSIM", "pipelines.commands.reconstruct"),
     "train": ("train a VAE or DiT from a YAML config", "pipelines.commands.train"),
     "finetune": ("fine-tune a model (LoRA or full) on a folder of footage", "pipelines.commands.finetune"),
     "cache-latents": ("pre-compute VAE latents and prompt embeddings for training", "pipelines.commands.cache_latents"),
