@@ -232,6 +232,7 @@ def test_bf16_autocast(attn, cond):
     assert bf16(x.bfloat16(), t, [c.bfloat16() for c in ctx]).dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 def test_torch_compile_captures_one_graph():
     """torch.compile traces the whole forward without a graph break (inductor codegen is left out:
     it takes minutes on two cores; the trace is what breaks when a model is not compilable)."""
@@ -268,3 +269,19 @@ def test_overfits_one_clip(attn):
             sched.step()
         after = held_out_loss()
     assert before / after >= 10, (before, after)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_linear_paths_agree(monkeypatch, native):
+    """bf16 products go to PyTorch's bf16 GEMM or, on CPUs without bf16 units, to fp32: same answer."""
+    import video_dit.model as vm
+
+    model = perturb(tiny()).to(torch.bfloat16)
+    x, t, ctx = torch.randn(1, 4, 2, 4, 4, dtype=torch.bfloat16), torch.rand(1), [c.bfloat16() for c in text(batch=1)]
+    monkeypatch.setattr(vm, "CPU_BF16_MATMUL", native)
+    out = model(x, t, ctx)
+    monkeypatch.setattr(vm, "CPU_BF16_MATMUL", not native)
+    other = model(x, t, ctx)
+    assert out.dtype == other.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), other.float(), atol=0.05, rtol=0.05)
+    assert model(x, 0.5, ctx).shape == x.shape  # a plain float timestep is accepted too

@@ -559,6 +559,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         if c != self.config.in_channels:
             raise ValueError(f"x has {c} channels; this model expects in_channels={self.config.in_channels}")
         grid = self.grid(t, h, w)
+        timestep = torch.as_tensor(timestep, device=x.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(b)
         if timestep.ndim == 1:
