@@ -165,6 +165,14 @@ class SpacetimePipeline(DiffusionPipeline):
         """Where the transformer runs (the text encoders may stay on the CPU)."""
         return next(self.transformer.parameters()).device
 
+    @property
+    def _execution_device(self) -> torch.device:
+        # diffusers walks every module looking for offloading hooks (tens of ms per call on a
+        # large model); do that only when some part has such hooks.
+        if any(hasattr(m, "_hf_hook") or hasattr(m, "_diffusers_hook") for m in (self.vae, self.transformer)):
+            return super()._execution_device
+        return self.device
+
     # ---- geometry --------------------------------------------------------------------------
 
     @property
@@ -250,7 +258,7 @@ class SpacetimePipeline(DiffusionPipeline):
         if height < 1 or width < 1:
             raise UserError(f"size {width}x{height} is not a frame size; use e.g. {c.width}x{c.height}")
         m = self.size_multiple
-        h2, w2 = max(m, round(height / m) * m), max(m, round(width / m) * m)
+        h2, w2 = max(m, _nearest(height / m) * m), max(m, _nearest(width / m) * m)
         if (h2, w2) != (height, width):
             notices.append(f"size {width}x{height} rounded to {w2}x{h2} (sides must be multiples of {m})")
         tf = self.temporal_factor
@@ -269,7 +277,7 @@ class SpacetimePipeline(DiffusionPipeline):
         frames = int(num_frames)
         if frames < 1:
             raise UserError(f"frames={frames}; ask for {tf} or more new frames")
-        rounded = max(tf, round(frames / tf) * tf)
+        rounded = max(tf, _nearest(frames / tf) * tf)
         if rounded != frames:
             notices.append(f"new frames {frames} rounded to {rounded} (extension adds frames in groups of {tf})")
         need = self.min_extend_frames()
@@ -283,7 +291,7 @@ class SpacetimePipeline(DiffusionPipeline):
 
     def _nearest_frames(self, frames: int) -> int:
         tf = self.temporal_factor
-        k = max(0, round((frames - 1) / tf))
+        k = max(0, _nearest((frames - 1) / tf))
         candidates = sorted({1 + tf * j for j in range(max(0, k - 8), k + 9)}, key=lambda n: (abs(n - frames), -n))
         for n in candidates:
             if self._latents_ok(self.latent_frames(n)):
@@ -318,7 +326,7 @@ class SpacetimePipeline(DiffusionPipeline):
     def encode_prompt(self, prompt: str, negative_prompt: str | None = None, do_guidance: bool = True):
         """(cond, uncond) model keyword arguments; uncond is the dropped-text embedding unless a
         negative prompt is given, and None without guidance."""
-        device, dtype = self._execution_device, self.transformer.dtype
+        device, dtype = self._execution_device, next(self.transformer.parameters()).dtype
         if self.text_encoder is None or not self.transformer.config.text_dims:
             return {}, None
 
@@ -642,6 +650,11 @@ _SETTINGS = ("native_frames", "height", "width", "fps", "num_inference_steps", "
 
 
 # ---- helpers ---------------------------------------------------------------------------------
+
+
+def _nearest(x: float) -> int:
+    """Round half up (Python's round() goes to the even neighbour: 2.5 -> 2)."""
+    return int(math.floor(x + 0.5))
 
 
 def _is_default_encoder(encoder) -> bool:
