@@ -638,6 +638,42 @@ class SpacetimePipeline(DiffusionPipeline):
             pipe.to(device)
         return pipe
 
+    @classmethod
+    def from_parts(cls, vae, transformer, text_encoders=(DEFAULT_ENCODER,), **settings) -> "SpacetimePipeline":
+        """Assemble a pipeline from separately trained parts, e.g. to write a model folder:
+
+            SpacetimePipeline.from_parts("runs/vae/final", "runs/dit/final", ["minilm"],
+                                         native_frames=17, height=64, width=64).save_pretrained("my-model")
+
+        vae, transformer: a model, its `save_pretrained` folder, or a model folder (its part is
+        taken). text_encoders: encoder folders, or "minilm" / "default" for the installed one.
+        settings: the sampling settings of `SpacetimePipeline` (native size, steps, ...).
+        """
+        from vae3d import CausalVideoVAE
+        from video_dit import VideoDiT
+        from video_dit.text import TextEncoder, TextEncoders
+
+        def part(spec, model_cls, name):
+            if isinstance(spec, torch.nn.Module):
+                return spec
+            folder = Path(spec)
+            if (folder / MODEL_INDEX).is_file():
+                folder = folder / name
+            missing = [p for p in ("config.json", WEIGHTS_NAME) if not (folder / p).is_file()]
+            if missing:
+                raise UserError(f"{folder} is not a saved {model_cls.__name__} (missing {', '.join(missing)})")
+            return _load_model(model_cls, folder)
+
+        encoders = []
+        for spec in text_encoders:
+            try:
+                encoders.append(TextEncoder(None if spec in DEFAULT_NAMES else spec))
+            except Exception as err:
+                raise UserError(f"{spec}: cannot load the text encoder ({_first_line(err)})") from err
+        pipe = cls(vae=part(vae, CausalVideoVAE, "vae"), transformer=part(transformer, VideoDiT, "transformer"),
+                   text_encoder=TextEncoders(encoders) if encoders else None, **settings)
+        return pipe.eval()
+
     def eval(self) -> "SpacetimePipeline":
         for module in (self.vae, self.transformer, self.text_encoder):
             if isinstance(module, torch.nn.Module):

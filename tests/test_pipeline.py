@@ -197,6 +197,19 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_a_model_folder_from_separately_saved_parts(pipe, tmp_path):
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    pipe.transformer.save_pretrained(tmp_path / "dit")
+    assembled = SpacetimePipeline.from_parts(tmp_path / "vae", tmp_path / "dit", ["default"], native_frames=9,
+                                             height=32, width=32, num_inference_steps=1, guidance_scale=3.0,
+                                             context_latent_frames=1)
+    assembled.set_progress_bar_config(disable=True)
+    a = pipe("a red circle", output_type="latent", generator=seeded(2)).frames
+    assert torch.equal(a, assembled("a red circle", output_type="latent", generator=seeded(2)).frames)
+    with pytest.raises(UserError, match="missing config.json"):
+        SpacetimePipeline.from_parts(tmp_path, tmp_path / "dit")
+
+
 def test_a_model_folder_missing_a_part_lists_what_is_expected(pipe, tmp_path):
     folder = tmp_path / "model"
     pipe.save_pretrained(folder)
