@@ -275,20 +275,47 @@ def _read_av(p: Path, num_frames, stride, fps, start) -> Video:
 
 
 def _read_animated(p: Path) -> Video:
+    """GIF / animated WebP. Their encoders fold a run of identical frames into one longer frame,
+    so frames are expanded back by duration: against the frame count and fps our writer records in
+    the file (see `_ANIMATION_TAG`), else against the shortest frame duration."""
     from PIL import Image, ImageSequence
 
     try:
         with Image.open(p) as img:
+            tag = img.info.get("comment") or img.info.get("xmp") or b""
             frames, durations = [], []
             for frame in ImageSequence.Iterator(img):
                 frames.append(_to_rgb_uint8(frame.copy()))
-                durations.append(frame.info.get("duration", 100) or 100)
+                durations.append(float(frame.info.get("duration") or 100))
     except Exception as err:
         raise UserError(f"{p} is not a readable animation ({_reason(err)})") from err
     if not frames:
         raise UserError(f"{p} has no frames")
-    fps = 1000.0 / float(np.median(durations))
-    return Video(np.stack(frames), fps)
+    recorded = _parse_animation_tag(tag)
+    if recorded is not None:
+        count, fps = recorded
+        base = sum(durations) / count
+    else:
+        base = min(durations)
+        fps = 1000.0 / base
+    repeats = [max(1, int(round(d / base))) for d in durations]
+    if recorded is not None and sum(repeats) != count:  # rounding: trust the recorded count
+        repeats[-1] = max(1, repeats[-1] + count - sum(repeats))
+    return Video(np.repeat(np.stack(frames), repeats, axis=0), fps)
+
+
+_ANIMATION_TAG = "spacetime-video frames={frames} fps={fps}"
+
+
+def _parse_animation_tag(tag) -> tuple[int, float] | None:
+    text = tag.decode("utf-8", "replace") if isinstance(tag, bytes) else str(tag)
+    if not text.startswith("spacetime-video "):
+        return None
+    try:
+        fields = dict(item.split("=", 1) for item in text.split()[1:])
+        return int(fields["frames"]), float(fields["fps"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _png_frames(folder: Path) -> list[Path]:
@@ -510,8 +537,11 @@ class VideoWriter:
 
             duration_ms = 1000.0 / self.fps
             kwargs = {"duration": duration_ms, "loop": 0}
+            tag = _ANIMATION_TAG.format(frames=self.num_frames, fps=f"{self.fps:g}")
             if self.kind == "webp":
-                kwargs.update(lossless=False, quality=90)
+                kwargs.update(lossless=False, quality=90, xmp=tag.encode())
+            else:
+                kwargs.update(comment=tag)
             iio.imwrite(self._tmp, np.stack(self._buffer), extension=f".{self.kind}", plugin="pillow", **kwargs)
         self._commit()
         return self.path

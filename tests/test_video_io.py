@@ -199,3 +199,17 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     assert sidecar_path(clip).stat().st_mode & 0o777 == 0o644
     assert frames.stat().st_mode & 0o777 == 0o755
     assert (frames / "frame_00000.png").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("ext", [".gif", ".webp"])
+def test_animations_keep_repeated_frames_and_their_rate(tmp_path, ext):
+    # GIF and WebP encoders fold identical neighbours into one longer frame; reading expands them.
+    still = np.repeat(moving_square(1), 9, axis=0)
+    video = read_video(write_video(tmp_path / f"still{ext}", still, fps=8), num_frames=9)
+    assert video.frames.shape == still.shape and video.fps == pytest.approx(8)
+    clip = moving_square(4)
+    held = np.concatenate([clip[:1], clip[:1], clip[:1], clip[1:]])  # first frame shown 3 times
+    video = read_video(write_video(tmp_path / f"held{ext}", held, fps=10))
+    assert video.num_frames == 6
+    assert np.abs(video.frames[2].astype(int) - clip[0]).mean() < 10
+    assert np.abs(video.frames[3].astype(int) - clip[1]).mean() < 10
