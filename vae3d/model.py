@@ -410,6 +410,9 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
                                temporal_downsample[::-1], in_channels, mid_attention, norm_eps)
         self.spatial_factor = 2 ** sum(bool(f) for f in spatial_downsample)
         self.temporal_factor = 2 ** sum(bool(f) for f in temporal_downsample)
+        for module in self.modules():  # the layout oneDNN computes in; see conv()
+            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+                module.weight.data = channels_last(module.weight.data)
         # runtime settings (not config): see set_chunk_sizes / enable_tiling
         self.encode_chunk_frames = 4 * self.temporal_factor
         self.decode_chunk_latents = 2
