@@ -14,7 +14,7 @@ Tables (markdown, for docs/performance.md):
    Euler updates, callbacks). Bound: 1.02.
 2. Long video: a 257-frame clip (21 windows, 2 latent frames of context each) made and streamed to
    a consumer that drops the frames; time of each window (its denoising steps and the decoding of
-   its new latent frames). Window 16 / window 1. Bound: 1.1.
+   its new latent frames), median over --window-repeats runs. Window 16 / window 1. Bound: 1.1.
 3. Peak memory: 33, 65, 129 and 257 frames, each in a fresh process streaming to an mp4 writer;
    peak RSS above the process after loading the model, and the peak of live torch tensors (from
    the profiler's allocation events). 257 / 33. Bound: 1.3.
@@ -104,32 +104,32 @@ def bench_sampler(pipe, repeats: int) -> None:
 # ---- 2. time per window ------------------------------------------------------------------------
 
 
-def bench_windows(pipe, frames: int = 257) -> None:
-    marks: list[tuple[int, float]] = []  # (window, time of its last step)
+def bench_windows(pipe, frames: int = 257, repeats: int = 3) -> None:
+    def one_run() -> list[float]:
+        marks: list[float] = []  # time of each window's last step
+        decoded: list[float] = []  # time of each decoded latent frame
 
-    def on_step(p, step, sigma, kwargs):
-        if step == STEPS - 1:
-            marks.append((kwargs["window"], time.perf_counter()))
-        return {}
+        def on_step(p, step, sigma, kwargs):
+            if step == STEPS - 1:
+                marks.append(time.perf_counter())
+            return {}
 
-    decoded: list[float] = []
-
-    def on_frames(chunk):
-        decoded.append(time.perf_counter())
+        start = time.perf_counter()
+        run_pipe(pipe, frames, callback_on_step_end=on_step, on_frames=lambda f: decoded.append(time.perf_counter()))
+        end = time.perf_counter()
+        # A window runs from the last frame decoded from the window before it to the last frame
+        # decoded from it: its denoising steps plus the decoding of its new latent frames.
+        ends = []
+        for i, last_step in enumerate(marks):
+            next_step = marks[i + 1] if i + 1 < len(marks) else end
+            ends.append(max([d for d in decoded if last_step <= d <= next_step], default=last_step))
+        return [b - a for a, b in zip([start] + ends[:-1], ends)]
 
     run_pipe(pipe, NATIVE_FRAMES, on_frames=lambda f: None)  # warm-up
-    start = time.perf_counter()
-    run_pipe(pipe, frames, callback_on_step_end=on_step, on_frames=on_frames)
-    end = time.perf_counter()
-    # A window's time runs from the end of the window before it (its last decoded frame) to the
-    # last frame decoded from this one: its denoising steps plus the decoding of its new latents.
-    ends = []
-    for i, (window, last_step) in enumerate(marks):
-        next_step = marks[i + 1][1] if i + 1 < len(marks) else end
-        ends.append(max([d for d in decoded if last_step <= d <= next_step], default=last_step))
-    per_window = [b - a for a, b in zip([start] + ends[:-1], ends)]
+    runs = [one_run() for _ in range(repeats)]
+    per_window = [statistics.median(r[i] for r in runs) for i in range(len(runs[0]))]
     print(f"\n### Long video: time per window ({frames} frames, {len(per_window)} windows of "
-          f"{NATIVE_FRAMES} frames, {CONTEXT} latent frames of context)\n")
+          f"{NATIVE_FRAMES} frames, {CONTEXT} latent frames of context, median of {repeats} runs)\n")
     print("| window | " + " | ".join(str(i + 1) for i in range(len(per_window))) + " |")
     print("| --- |" + " ---: |" * len(per_window))
     print("| ms | " + " | ".join(f"{t * 1e3:.0f}" for t in per_window) + " |")
@@ -154,19 +154,20 @@ def measure_child(frames: int) -> None:
     pipe = build_pipeline()
     run_pipe(pipe, NATIVE_FRAMES, on_frames=lambda f: None)
     before = rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:  # peak RSS: a plain run (the profiler keeps its own records)
+        writer = VideoWriter(Path(tmp) / "clip.mp4", fps=8)
+        run_pipe(pipe, frames, on_frames=writer.write)
+        writer.close()
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     from torch.profiler import ProfilerActivity, profile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        writer = VideoWriter(Path(tmp) / "clip.mp4", fps=8)
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            run_pipe(pipe, frames, on_frames=writer.write)
-        writer.close()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:  # peak of live tensors
+        run_pipe(pipe, frames, on_frames=lambda f: None)
     events = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.events() if e.self_cpu_memory_usage)
     live = peak = 0
     for _, delta in events:
         live += delta
         peak = max(peak, live)
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"frames": frames, "rss_before_mb": before, "peak_rss_mb": peak_rss,
                       "tensor_peak_mb": peak / 2**20}))
 
@@ -195,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["sampler", "windows", "memory"], default=None)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--window-repeats", type=int, default=3, help="runs of the 257-frame clip")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -205,7 +207,7 @@ def main() -> None:
     if args.only in (None, "sampler"):
         bench_sampler(pipe, args.repeats)
     if args.only in (None, "windows"):
-        bench_windows(pipe)
+        bench_windows(pipe, repeats=args.window_repeats)
     if args.only in (None, "memory"):
         bench_memory()
 
