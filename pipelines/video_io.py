@@ -613,29 +613,10 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
     return writer.path
 
 
-def write_json(path: str | os.PathLike, data: dict, *, overwrite: bool = False) -> Path:
-    """Atomically write a JSON file."""
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise UserError(f"{p} already exists; pass --overwrite to replace it")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.partial-", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        publish(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
-
-
-def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False) -> Path:
-    """Atomically write one uint8 RGB image (PNG, or JPEG/WebP by extension)."""
-    from PIL import Image
-
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, *, overwrite: bool = False):
+    """Yield a temporary path beside `path`; on success it is published under `path`, on an
+    exception it is removed. An existing `path` is refused unless `overwrite`."""
     p = Path(path)
     if p.exists() and not overwrite:
         raise UserError(f"{p} already exists; pass --overwrite to replace it")
@@ -643,13 +624,28 @@ def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool =
     fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.partial-", suffix=p.suffix, dir=p.parent)
     os.close(fd)
     try:
-        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp)
+        yield Path(tmp)
         publish(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return p
+
+
+def write_json(path: str | os.PathLike, data: dict, *, overwrite: bool = False) -> Path:
+    """Atomically write a JSON file."""
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False) -> Path:
+    """Atomically write one uint8 RGB image (PNG, or JPEG/WebP by extension)."""
+    from PIL import Image
+
+    with atomic_file(path, overwrite=overwrite) as tmp:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp)
+    return Path(path)
 
 
 def contact_sheet(frames: np.ndarray, *, max_frames: int = 8, columns: int = 4, gap: int = 2) -> np.ndarray:
