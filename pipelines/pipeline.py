@@ -31,7 +31,6 @@ import logging
 import math
 import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +42,7 @@ from diffusers.utils import BaseOutput
 
 from pipelines.errors import UserError
 from pipelines.long_video import Window, plan_windows, sample_windows
+from pipelines.video_io import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -592,7 +592,7 @@ class SpacetimePipeline(DiffusionPipeline):
             "text_max_lengths": lengths,
             **{k: self.config[k] for k in _SETTINGS},
         }
-        _write_json_atomic(root / MODEL_INDEX, index)
+        write_json(root / MODEL_INDEX, index, overwrite=True)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, torch_dtype: torch.dtype | None = None,
@@ -791,18 +791,6 @@ def _load_model(model_cls, folder: Path):
         raise UserError(f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({_first_line(err)})") from err
     model.load_state_dict(state, strict=True)
     return model.eval()
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    try:
-        with open(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _version() -> str:

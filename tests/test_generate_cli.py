@@ -165,3 +165,10 @@ def test_a_model_folder_missing_a_part_is_one_line(model, tmp_path, capsys):
     code, _, err = run(capsys, "generate", "x", "--model", broken, "--out", tmp_path / "x.mp4")
     assert code == 2 and "missing vae/config.json, vae/diffusion_pytorch_model.safetensors" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_info_on_a_model_folder_reports_size_flops_and_native_settings(model, capsys):
+    assert cli.main(["info", str(model), "--frames", "9", "--size", "32x32"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] > 0 and info["flops_per_step"]["gflops"] > 0
+    assert info["model_index"]["_class_name"] == "SpacetimePipeline"

@@ -21,16 +21,24 @@ def describe_model_folder(path: Path, frames: int | None, size: str | None) -> d
         config = path / "transformer" / "config.json"
     if not config.is_file():
         return None
-    try:
-        cls = json.loads(config.read_text()).get("_class_name")
-    except json.JSONDecodeError as err:
-        raise UserError(f"{config} is not valid JSON ({err.msg})") from err
+    cls = _read_json(config).get("_class_name")
     if cls == "VideoDiT":  # parameters and FLOPs per step at --frames / --size (pixels)
         from video_dit import describe
 
         width, height = _parse_size(size) if size else (None, None)
-        return describe(path, frames=frames, height=height, width=width, pixels=True)
-    return {"path": str(path), "kind": "model", "class": cls, "config": json.loads(config.read_text())}
+        described = describe(path, frames=frames, height=height, width=width, pixels=True)
+        index = path / "model_index.json"
+        if index.is_file():  # a whole model folder: its native size, sampling defaults, parts
+            described["model_index"] = _read_json(index)
+        return described
+    return {"path": str(path), "kind": "model", "class": cls, "config": _read_json(config)}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err.msg})") from err
 
 
 def _parse_size(size: str) -> tuple[int, int]:
