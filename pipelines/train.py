@@ -424,6 +424,30 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
     return out
 
 
+def write_model_folder(cfg: TrainConfig, dit_folder: Path, out: Path) -> Path:
+    """A complete model folder (VAE + trained DiT + text encoders + sampling settings) that
+    `spacetime generate --model` loads, native size taken from the largest video bucket."""
+    from pipelines.data import LatentCache
+    from pipelines.pipeline import SpacetimePipeline
+
+    pipe = SpacetimePipeline.from_parts(cfg.model.vae, dit_folder, cfg.model.text_encoders or (),
+                                        fps=cfg.data.fps, context_noise=cfg.dit.context_noise)
+    if cfg.data.latent_cache:  # the size the cached latents decode to
+        _, _, h, w = LatentCache(cfg.data.latent_cache, random_offset=False)[0]["latents"].shape
+        frames, height, width = cfg.data.frames, h * pipe.vae.spatial_factor, w * pipe.vae.spatial_factor
+    else:
+        videos = [b for b in cfg.data.buckets if b[0] > 1] or [[cfg.data.frames, cfg.data.base_size, cfg.data.base_size]]
+        frames, height, width = max(videos, key=lambda b: b[0] * b[1] * b[2])
+    pipe.register_to_config(native_frames=frames, height=height, width=width)
+    tmp = out.with_name(f".tmp_{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
 def _model_class(name: str):
     if name == "VideoDiT":
         from video_dit import VideoDiT
@@ -607,5 +631,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
     if step >= cfg.steps and world.is_main:
         export_checkpoint(list_checkpoints(out)[-1], out / "model", use_ema=ema is not None, overwrite=True,
                           adapter=out / "lora" if cfg.lora.rank else None)
+        if cfg.model.kind == "dit" and Path(cfg.model.vae).exists():
+            write_model_folder(cfg, out / "model", out / "pipeline")
     distributed.barrier(world)
     return out

@@ -132,3 +132,18 @@ def test_captions_naming_missing_files_are_refused(tmp_path, cache):
     (data / "captions.csv").write_text("path,caption\na.mp4,a square\nmissing.mp4,a ghost\n")
     code, err = cli("train", tiny_config(tmp_path, cache), "--set", "data.latent_cache=null", "--data", data)
     assert code == 2 and "missing.mp4" in err
+
+
+def test_a_dit_trained_with_a_vae_folder_yields_a_model_folder_that_generates(tmp_path, cache):
+    from pipelines.pipeline import SpacetimePipeline
+    from vae3d import PRESETS, CausalVideoVAE
+
+    vae_dir = tmp_path / "vae"
+    CausalVideoVAE(**{**PRESETS["tiny"], "latent_channels": 4}).save_pretrained(vae_dir)
+    run = training.train(load_config(tiny_config(tmp_path, cache, steps=2, save_every=2,
+                                                 model={"vae": str(vae_dir)})))
+    pipe = SpacetimePipeline.from_pretrained(run / "pipeline")
+    assert (pipe.config.native_frames, pipe.config.height, pipe.config.width) == (9, 32, 32)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red square", num_inference_steps=1, generator=torch.Generator().manual_seed(0), guidance_scale=1.0)
+    assert out.frames[0].shape == (9, 32, 32, 3)
