@@ -654,15 +654,7 @@ class SpacetimePipeline(DiffusionPipeline):
         from video_dit.text import TextEncoder, TextEncoders
 
         def part(spec, model_cls, name):
-            if isinstance(spec, torch.nn.Module):
-                return spec
-            folder = Path(spec)
-            if (folder / MODEL_INDEX).is_file():
-                folder = folder / name
-            missing = [p for p in ("config.json", WEIGHTS_NAME) if not (folder / p).is_file()]
-            if missing:
-                raise UserError(f"{folder} is not a saved {model_cls.__name__} (missing {', '.join(missing)})")
-            return _load_model(model_cls, folder)
+            return spec if isinstance(spec, torch.nn.Module) else load_part(name, spec, presets=False)[0]
 
         encoders = []
         for spec in text_encoders:
@@ -752,6 +744,35 @@ def _read_index(root: Path) -> dict:
     return index
 
 
+def load_part(part: str, spec=None, *, presets: bool = True) -> tuple[torch.nn.Module, str]:
+    """The "vae" or "transformer" that `spec` names, and a name for where it came from.
+
+    spec: a model folder (its part is taken), the part's own `save_pretrained` folder, a vae3d /
+    video_dit preset name (random weights, seeded; with `presets`), or None for the installed
+    default model's part. Weights are checked against the config (shapes, dtypes) on load."""
+    from vae3d import PRESETS as VAE_PRESETS, CausalVideoVAE
+    from video_dit import PRESETS as DIT_PRESETS, VideoDiT
+
+    model_cls, known = (CausalVideoVAE, VAE_PRESETS) if part == "vae" else (VideoDiT, DIT_PRESETS)
+    if spec is None:
+        spec = str(default_model_path())
+    if presets and spec in known and not Path(spec).exists():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return model_cls(**known[spec]).eval(), f"preset:{spec}"
+    folder = Path(spec)
+    hint = f", or a preset ({', '.join(known)})" if presets else ""
+    if not folder.is_dir():
+        raise UserError(f"{spec}: no such folder; give a model folder, a saved {model_cls.__name__}{hint}")
+    if (folder / MODEL_INDEX).is_file():
+        folder = folder / part
+    missing = [name for name in ("config.json", WEIGHTS_NAME) if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{spec} is not a model folder ({MODEL_INDEX}) or a saved {model_cls.__name__} "
+                        f"(missing {', '.join(missing)}){hint}")
+    return _load_model(model_cls, folder), str(folder)
+
+
 def _load_model(model_cls, folder: Path):
     """Load a diffusers model folder; check every tensor against the config's shapes and dtypes."""
     from safetensors import safe_open
@@ -779,8 +800,8 @@ def _load_model(model_cls, folder: Path):
                 tensor = f.get_tensor(key)
                 want = expected[key]
                 if tuple(tensor.shape) != tuple(want.shape):
-                    raise UserError(f"{folder / WEIGHTS_NAME}: tensor {key} has shape {tuple(tensor.shape)}, "
-                                    f"its config.json needs {tuple(want.shape)}")
+                    raise UserError(f"{folder / WEIGHTS_NAME}: weights and config.json do not match: tensor {key} "
+                                    f"has shape {tuple(tensor.shape)}, the config needs {tuple(want.shape)}")
                 if tensor.dtype.is_floating_point != want.dtype.is_floating_point:
                     raise UserError(f"{folder / WEIGHTS_NAME}: tensor {key} is {tensor.dtype}, expected a "
                                     f"{'floating-point' if want.dtype.is_floating_point else 'integer'} tensor")

@@ -188,23 +188,11 @@ class VAETask:
 
 
 def load_component(part: str, spec: str):
-    """The "vae" or "transformer" of a model folder (model_index.json), a save_pretrained folder of
-    that part, or (vae only) a vae3d preset name: random weights, seeded, for tests and experiments."""
-    from vae3d import PRESETS as VAE_PRESETS, CausalVideoVAE
-    from video_dit import VideoDiT
+    """The "vae" or "transformer" of a model folder, a `save_pretrained` folder of that part, or a
+    preset name (random weights, seeded, for tests and experiments): `pipeline.load_part`."""
+    from pipelines.pipeline import load_part
 
-    cls = CausalVideoVAE if part == "vae" else VideoDiT
-    if part == "vae" and spec in VAE_PRESETS and not Path(spec).exists():
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            return CausalVideoVAE(**VAE_PRESETS[spec])
-    folder = Path(spec)
-    if (folder / "model_index.json").is_file():
-        folder = folder / part
-    if not (folder / "config.json").is_file():
-        hint = f" or a preset ({', '.join(VAE_PRESETS)})" if part == "vae" else ""
-        raise UserError(f"{spec} is not a model folder (model_index.json) or a {cls.__name__} folder (config.json){hint}")
-    return cls.from_pretrained(str(folder))
+    return load_part(part, spec)[0]
 
 
 def load_text_encoders(names: list[str], device: torch.device):

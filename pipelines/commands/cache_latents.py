@@ -159,24 +159,11 @@ def _encode_text(encoders, prompts: list[str]):
 def load_vae(spec: str | None, model: str | None):
     """The VAE of `spec` (a VAE folder, a model folder, or a vae3d preset name: random weights, for
     tests), else of `model`, else of the installed model. Returns (vae, a name for the index)."""
-    from vae3d import PRESETS, CausalVideoVAE
+    from pipelines.pipeline import load_part
 
     if spec is None:
-        folder = _model_folder(model)
-        return _from_pretrained(CausalVideoVAE, folder / "vae"), str(folder / "vae")
-    if spec in PRESETS and not Path(spec).exists():
-        import torch
-
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            return CausalVideoVAE(**PRESETS[spec]), f"preset:{spec}"
-    folder = Path(spec)
-    if (folder / "model_index.json").is_file():
-        folder = folder / "vae"
-    if not (folder / "config.json").is_file():
-        raise UserError(f"--vae {spec} is not a VAE folder (config.json), a model folder (model_index.json) "
-                        f"or a preset ({', '.join(PRESETS)})")
-    return _from_pretrained(CausalVideoVAE, folder), str(folder)
+        return load_part("vae", model)
+    return load_part("vae", spec)
 
 
 def load_text(names: list[str] | None, model: str | None):
@@ -221,17 +208,6 @@ def _model_folder(model: str | None) -> Path:
     if not (folder / "model_index.json").is_file():
         raise UserError(f"--model {model} is not a model folder (no model_index.json)")
     return folder
-
-
-def _from_pretrained(cls, folder: Path):
-    if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} holds no config.json; it is not a {cls.__name__} folder")
-    try:
-        return cls.from_pretrained(str(folder))
-    except (UserError, ValueError):
-        raise
-    except Exception as err:  # diffusers raises many types for broken folders
-        raise UserError(f"{folder}: cannot load the {cls.__name__} ({' '.join(str(err).split())[:200]})") from err
 
 
 def _device(name: str):

@@ -51,38 +51,14 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def load_vae(spec: str | None):
     """The CausalVideoVAE of a VAE folder, a model folder, a preset name, or the installed model."""
-    import torch
-
-    from vae3d import PRESETS, CausalVideoVAE
+    from pipelines.pipeline import load_part
 
     if spec is None:
-        from pipelines.pipeline import default_model_path
-
         try:
-            folder = default_model_path() / "vae"
+            return load_part("vae", None)
         except UserError:
             raise UserError(NO_DEFAULT_VAE) from None
-        if not (folder / "config.json").is_file():
-            raise UserError(NO_DEFAULT_VAE)
-        spec = str(folder)
-    elif spec in PRESETS and not Path(spec).exists():
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            return CausalVideoVAE(**PRESETS[spec]), f"preset:{spec}"
-    folder = Path(spec)
-    if (folder / "model_index.json").is_file():
-        folder = folder / "vae"
-    if not folder.is_dir():
-        raise UserError(f"--vae {spec}: no such folder (give a VAE folder, a model folder, or a preset: "
-                        f"{', '.join(PRESETS)})")
-    if not (folder / "config.json").is_file():
-        raise UserError(f"--vae {spec} is not a VAE folder (no config.json) or a model folder (no model_index.json)")
-    try:
-        return CausalVideoVAE.from_pretrained(folder), str(folder)
-    except (ValueError, FileNotFoundError) as err:
-        raise UserError(f"--vae {spec}: {err}") from err
-    except Exception as err:  # diffusers raises many types for broken folders
-        raise UserError(f"--vae {spec}: cannot load the VAE ({' '.join(str(err).split())[:200]})") from err
+    return load_part("vae", spec)
 
 
 def reconstruct(vae, frames, device: str = "cpu", bf16: bool = False):
