@@ -403,9 +403,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
         if adapter is not None:
             lora.save_adapter(module, adapter)
         module = lora.merge(module)
+    return save_pretrained_atomically(module, out)
+
+
+def save_pretrained_atomically(model, out: Path) -> Path:
+    """`model.save_pretrained` into a temporary folder beside `out`, then put it in `out`'s place."""
     tmp = out.with_name(f".tmp_{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    module.save_pretrained(tmp)
+    model.save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
@@ -427,13 +432,7 @@ def write_model_folder(cfg: TrainConfig, dit_folder: Path, out: Path) -> Path:
         videos = [b for b in cfg.data.buckets if b[0] > 1] or [[cfg.data.frames, cfg.data.base_size, cfg.data.base_size]]
         frames, height, width = max(videos, key=lambda b: b[0] * b[1] * b[2])
     pipe.register_to_config(native_frames=frames, height=height, width=width)
-    tmp = out.with_name(f".tmp_{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return save_pretrained_atomically(pipe, out)
 
 
 def _model_class(name: str):

@@ -26,3 +26,13 @@ def moving_square(frames: int = 9, height: int = 32, width: int = 48, seed: int 
 @pytest.fixture
 def clip() -> np.ndarray:
     return moving_square()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): one thread
+    avoids OpenMP hand-offs that cost more than the work."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

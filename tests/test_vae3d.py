@@ -12,13 +12,7 @@ from vae3d import PRESETS, CausalVideoVAE
 CHUNK_TOL = 1e-4  # chunked vs one pass, fp32 (the issue's bound)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one thread avoids OpenMP hand-offs that cost more than the work."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,7 @@ from vae3d import PRESETS, CausalVideoVAE
 from vae3d.losses import PatchDiscriminator3D, VAELoss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

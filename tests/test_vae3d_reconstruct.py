@@ -13,12 +13,7 @@ from pipelines.video_io import read_video, write_video
 from vae3d import PRESETS, CausalVideoVAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
