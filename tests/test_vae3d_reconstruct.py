@@ -41,6 +41,8 @@ def test_keeps_the_input_frames_and_size_and_reports_metrics(vae_dir, clip_path,
     assert result["psnr"] == pytest.approx(psnr(source, written), abs=1e-3)
     assert result["ssim"] == pytest.approx(ssim(source, written), abs=1e-4)
     assert result["encode_s"] >= 0 and result["decode_s"] >= 0
+    sidecar = json.loads((tmp_path / "recon.json").read_text())  # what made the output, beside it
+    assert sidecar["task"] == "reconstruct" and sidecar["vae"] == result["vae"] and sidecar["psnr"] == result["psnr"]
 
 
 def test_frames_and_size_options(vae_dir, clip_path, tmp_path, capsys):

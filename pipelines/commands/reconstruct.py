@@ -122,7 +122,10 @@ def run(args) -> int:
         "ssim": round(ssim(frames, out), 4),
         **timings,
     }
-    write_video(args.out, out, fps=clip.fps, overwrite=args.overwrite)
+    from pipelines import __version__
+
+    write_video(args.out, out, fps=clip.fps, overwrite=args.overwrite,
+                sidecar={"task": "reconstruct", **result, "version": __version__})
     if args.json:
         print(json.dumps(result, indent=2))
     else:
