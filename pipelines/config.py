@@ -49,6 +49,8 @@ class DataConfig:
     base_size: int = 256  # side of the largest square frame for derived buckets
     image_frames: int = 1  # images train as clips of this many frames (1: one-frame clips)
     random_offset: bool = True  # start clips at random frames inside longer videos
+    crop: str = "center"  # "center": scale to cover the bucket, crop the middle; "random": a random
+    #                       bucket-sized window at the file's own scale (VAEs train on crops)
     batch_size: int = 1  # clips per process per micro-step
     num_workers: int = 0  # DataLoader worker processes
 
@@ -162,6 +164,7 @@ class TrainConfig:
             (self.dit.timestep_sampling in ("logit_normal", "uniform"), "dit.timestep_sampling", "'logit_normal' or 'uniform'"),
             (all(p >= 0 for p in dataclasses.astuple(self.dit.given)) and sum(dataclasses.astuple(self.dit.given)) > 0,
              "dit.given", "non-negative probabilities that do not all vanish"),
+            (self.data.crop in ("center", "random"), "data.crop", "'center' or 'random'"),
             (self.vae.reconstruction in ("l1", "l2"), "vae.reconstruction", "'l1' or 'l2'"),
             (self.lora.rank >= 0, "lora.rank", "0 (full fine-tuning) or a positive rank"),
             (self.lora.rank == 0 or self.model.kind == "dit", "lora.rank", "0 for a VAE (LoRA is for the DiT)"),

@@ -144,7 +144,9 @@ class Engine:
     """Plain PyTorch: AdamW + LR schedule + clipping + gradient accumulation; data parallel over
     ranks by averaging gradients with one flat all-reduce per optimizer step."""
 
-    def __init__(self, module, optimizer, scheduler, world: World, grad_clip: float = 1.0, grad_accum: int = 1):
+    def __init__(self, module, optimizer, scheduler, world: World, grad_clip: float = 1.0, grad_accum: int = 1,
+                 name: str = "model"):
+        self.name = name  # checkpoint files: NAME.safetensors, then optimizer / engine state beside it
         self.module = module
         self.model = module
         self.optimizer = optimizer
@@ -194,24 +196,39 @@ class Engine:
         return torch.nn.functional.pad(flat, (0, part - flat.numel()))
 
     # checkpoint: model weights, optimizer state and LR schedule, as safetensors + JSON
+    def _files(self, folder: Path) -> tuple[Path, Path, Path]:
+        """(weights, optimizer state, engine state): model.safetensors, optimizer.safetensors and
+        engine.json for the model; NAME.safetensors, NAME.optimizer.safetensors, NAME.engine.json otherwise."""
+        if self.name == "model":
+            return folder / "model.safetensors", folder / "optimizer.safetensors", folder / "engine.json"
+        return (folder / f"{self.name}.safetensors", folder / f"{self.name}.optimizer.safetensors",
+                folder / f"{self.name}.engine.json")
+
+    def saved_in(self, folder: Path) -> bool:
+        return all(f.is_file() for f in self._files(folder))
+
     def save(self, folder: Path) -> None:
         if not self.world.is_main:
             return
-        save_file(_contiguous(self.module.state_dict()), folder / "model.safetensors")
+        weights, optimizer, engine = self._files(folder)
+        save_file(_contiguous(self.module.state_dict()), weights)
         tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
-        save_file(tensors, folder / "optimizer.safetensors")
+        save_file(tensors, optimizer)
         state = {"optimizer": meta, "scheduler": self.scheduler.state_dict(), "micro_steps": self.micro_steps}
-        (folder / "engine.json").write_text(json.dumps(state))
+        engine.write_text(json.dumps(state))
 
     def load(self, folder: Path) -> None:
-        if not (folder / "model.safetensors").is_file():
-            raise UserError(f"{folder} was written by a DeepSpeed run; resume it with the same deepspeed config")
-        missing, unexpected = self.module.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+        weights, optimizer, engine = self._files(folder)
+        if not weights.is_file():
+            if self.name == "model":
+                raise UserError(f"{folder} was written by a DeepSpeed run; resume it with the same deepspeed config")
+            raise UserError(f"{folder} has no {weights.name}; resume with the config the run was saved with")
+        missing, unexpected = self.module.load_state_dict(load_file(weights), strict=False)
         if missing or unexpected:
             raise UserError(f"{folder}: the checkpoint's weights do not fit this model "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); resume with the config it was saved with")
-        state = json.loads((folder / "engine.json").read_text())
-        self.optimizer.load_state_dict(_unflatten_optimizer(load_file(folder / "optimizer.safetensors"), state["optimizer"]))
+        state = json.loads(engine.read_text())
+        self.optimizer.load_state_dict(_unflatten_optimizer(load_file(optimizer), state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
         self.micro_steps = state["micro_steps"]
 

@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -72,7 +73,21 @@ def draw_given_mask(batch: int, frames: int, probs: GivenFrames, generator: torc
 # ------------------------------------------------------------------------------------------------
 
 
-class DiTTask:
+class Task:
+    """Hooks the loop calls around a task's `loss` for models trained beside the main one (a VAE's
+    discriminator); a task without such models keeps these no-ops."""
+
+    def after_backward(self) -> None:
+        """Called after each micro-batch's backward pass and optimizer step of the main model."""
+
+    def save(self, folder: Path) -> None:
+        """Add the task's own state to a checkpoint folder being written."""
+
+    def load(self, folder: Path) -> None:
+        """Restore the task's own state from a checkpoint folder."""
+
+
+class DiTTask(Task):
     """Rectified-flow training of a VideoDiT on VAE latents (from pixels on the fly, or a latent cache)."""
 
     def __init__(self, cfg: TrainConfig, world: World):
@@ -154,8 +169,14 @@ class DiTTask:
         return self.vae.decode_latents(latents)
 
 
-class VAETask:
-    """Training of a CausalVideoVAE: reconstruction + KL (+ adversarial loss after a warm-up)."""
+class VAETask(Task):
+    """Training of a CausalVideoVAE: reconstruction + KL (+ adversarial loss after a warm-up).
+
+    With `vae.disc_weight > 0` a 3D patch discriminator trains beside the VAE from `vae.disc_start`
+    on: its own AdamW (betas 0.5, 0.9, lr `vae.disc_lr`) in a plain data-parallel engine, stepped
+    after the VAE's backward pass of each micro-batch, and saved in every checkpoint
+    (discriminator.safetensors and its optimizer state) so that a resumed run continues exactly.
+    """
 
     def __init__(self, cfg: TrainConfig, world: World):
         from vae3d import PRESETS, CausalVideoVAE
@@ -173,11 +194,41 @@ class VAETask:
         self.spatial_multiple = self.model.spatial_factor
         self.temporal_factor = self.model.temporal_factor
         self.step = 0
+        self.disc: Engine | None = None
+        self.disc_loss: torch.Tensor | None = None
+        if self.criterion.discriminator is not None:
+            disc = self.criterion.discriminator
+            optimizer = torch.optim.AdamW(disc.parameters(), lr=cfg.vae.disc_lr, betas=(0.5, 0.9))
+            constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+            self.disc = Engine(disc, optimizer, constant, world, cfg.optim.grad_clip, cfg.optim.grad_accum,
+                               name="discriminator")
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
         video = batch["video"].to(self.device)
         reconstruction, posterior = model(video, generator=generator)
-        return self.criterion(video, reconstruction, posterior, step=self.step)["loss"]
+        out = self.criterion(video, reconstruction, posterior, step=self.step)
+        self.disc_loss = out["disc_loss"] if self.criterion.discriminator_active(self.step) else None
+        return out["loss"]
+
+    def after_backward(self) -> None:
+        """Train the discriminator on this micro-batch (after the VAE's backward pass, which used
+        its weights as they were)."""
+        if self.disc is not None and self.disc_loss is not None:
+            self.disc.backward(self.disc_loss)
+            self.disc.step()
+            self.disc_loss = None
+
+    def save(self, folder: Path) -> None:
+        if self.disc is not None:
+            self.disc.save(folder)
+
+    def load(self, folder: Path) -> None:
+        if self.disc is None:
+            return
+        if self.disc.saved_in(folder):
+            self.disc.load(folder)
+        elif json.loads((folder / "state.json").read_text())["step"] > self.cfg.vae.disc_start:
+            warnings.warn(f"{folder} has no discriminator state; the discriminator starts from random weights")
 
     @torch.no_grad()
     def sample(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -231,7 +282,7 @@ def make_data(cfg: TrainConfig, world: World, spatial_multiple: int, temporal_fa
         dataset = VideoFolder(root, frames=d.frames, fps=d.fps, buckets=buckets, base_size=d.base_size,
                               image_frames=d.image_frames, random_offset=d.random_offset, seed=cfg.seed,
                               captions=d.captions, spatial_multiple=spatial_multiple,
-                              temporal_factor=temporal_factor)
+                              temporal_factor=temporal_factor, crop=d.crop)
     if len(dataset) == 0:
         raise UserError(f"no usable clips in {d.latent_cache or d.root}; add videos or images (.mp4, .png, ...)")
     sampler = BucketSampler(dataset, d.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,
@@ -300,7 +351,7 @@ def _jsonable(obj):
 
 
 def save_checkpoint(out: Path, step: int, cfg: TrainConfig, engine: Engine, ema: ShardedEMA | None,
-                    generator: torch.Generator, data_state: dict | None, world: World) -> Path:
+                    generator: torch.Generator, data_state: dict | None, world: World, task: Task | None = None) -> Path:
     root = out / "checkpoints"
     final, tmp = root / f"step_{step:08d}", root / f".tmp_step_{step:08d}"
     if world.is_main:
@@ -310,6 +361,8 @@ def save_checkpoint(out: Path, step: int, cfg: TrainConfig, engine: Engine, ema:
     engine.save(tmp)
     if ema is not None:
         ema.save(tmp)
+    if task is not None:
+        task.save(tmp)
     tensors, meta = rng_state(generator)
     save_file(tensors, tmp / f"rank{world.rank}.safetensors", metadata={"state": json.dumps({**meta, "data": data_state})})
     distributed.barrier(world)
@@ -354,7 +407,7 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(folder: Path, engine: Engine, ema: ShardedEMA | None, generator: torch.Generator,
-                    world: World) -> tuple[int, dict | None]:
+                    world: World, task: Task | None = None) -> tuple[int, dict | None]:
     """Restore a checkpoint into the engine, the EMA and the RNGs; return (step, data position)."""
     state = json.loads((folder / "state.json").read_text())
     if state["world_size"] != world.world_size:
@@ -365,6 +418,8 @@ def load_checkpoint(folder: Path, engine: Engine, ema: ShardedEMA | None, genera
         if not (folder / "ema.safetensors").is_file():
             raise UserError(f"{folder} has no EMA weights; resume with ema_decay=0 or from a run that kept EMA")
         ema.load(folder)
+    if task is not None:
+        task.load(folder)
     rank_file = folder / f"rank{world.rank}.safetensors"
     from safetensors import safe_open
 
@@ -404,6 +459,33 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
             lora.save_adapter(module, adapter)
         module = lora.merge(module)
     return save_pretrained_atomically(module, out)
+
+
+def measure_latent_stats(vae_folder: Path, dataset, max_clips: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a trained VAE's raw latents (posterior means) over up to
+    `max_clips` clips spread evenly through `dataset`, written into the folder's config so that
+    `encode_latents` hands the DiT latents of about unit variance."""
+    from vae3d import CausalVideoVAE
+
+    vae = CausalVideoVAE.from_pretrained(vae_folder).eval()
+    picks = np.linspace(0, len(dataset) - 1, num=min(max_clips, len(dataset))).round().astype(int)
+    total = total_sq = count = 0
+    with torch.no_grad():
+        for index in dict.fromkeys(picks.tolist()):
+            item = dataset[index]
+            if item is None:
+                continue
+            raw = vae.encode(item["video"][None]).mode().double()  # (1, C, t, h, w)
+            total = total + raw.sum(dim=(0, 2, 3, 4))
+            total_sq = total_sq + raw.square().sum(dim=(0, 2, 3, 4))
+            count += raw[:, 0].numel()
+    if not count:
+        raise UserError("no readable clips to measure the latent statistics on")
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    vae.set_latent_stats(mean.float(), std.float())
+    save_pretrained_atomically(vae, Path(vae_folder))
+    return mean.tolist(), std.tolist()
 
 
 def save_pretrained_atomically(model, out: Path) -> Path:
@@ -561,7 +643,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
 
     step, data_state = 0, None
     if checkpoint is not None:
-        step, data_state = load_checkpoint(checkpoint, engine, ema, generator, world)
+        step, data_state = load_checkpoint(checkpoint, engine, ema, generator, world, task)
         if data_state is not None:
             sampler.load_state_dict(data_state)
     if world.is_main:
@@ -588,6 +670,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                 loss = task.loss(engine.model, batch, generator)
             engine.backward(loss)
             engine.step()
+            task.after_backward()
             losses.append(loss.detach().float().item())
             clips += len(batch["path"])
             data_state = batch.get("sampler_state") or data_state
@@ -603,7 +686,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                         "clips_per_s": clips * world.world_size / max(elapsed, 1e-9), "time": time.time()})
             clips, tic = 0, time.perf_counter()
         if step % cfg.save_every == 0 or step == end:
-            save_checkpoint(out, step, cfg, engine, ema, generator, data_state, world)
+            save_checkpoint(out, step, cfg, engine, ema, generator, data_state, world, task)
         if cfg.sample_every and step % cfg.sample_every == 0:
             module_for_preview = engine.model
             preview_gen = torch.Generator().manual_seed(cfg.seed)
@@ -620,5 +703,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                           adapter=out / "lora" if cfg.lora.rank else None)
         if cfg.model.kind == "dit" and Path(cfg.model.vae).exists():
             write_model_folder(cfg, out / "model", out / "pipeline")
+        if cfg.model.kind == "vae":
+            measure_latent_stats(out / "model", dataset)
+            print(f"latent statistics measured and stored in {out / 'model' / 'config.json'}", flush=True)
     distributed.barrier(world)
     return out

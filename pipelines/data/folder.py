@@ -97,13 +97,17 @@ class VideoFolder(torch.utils.data.Dataset):
                  buckets: Sequence[Bucket] | None = None, *, max_tokens: int | None = None, base_size: int = 256,
                  aspects: Sequence[float] = DEFAULT_ASPECTS, image_frames: int = 1, random_offset: bool = True,
                  seed: int = 0, captions: str | os.PathLike | None = None, spatial_multiple: int = 16,
-                 temporal_factor: int = 4):
+                 temporal_factor: int = 4, crop: str = "center"):
         if fps is not None and not fps > 0:
             raise UserError(f"fps must be positive (or None for every frame), got {fps}")
         if seed < 0:
             raise UserError(f"seed must be 0 or more, got {seed}")
+        if crop not in ("center", "random"):
+            raise UserError(f"crop={crop!r}: use 'center' (scale to cover the bucket, crop the middle) or "
+                            f"'random' (a random bucket-sized window at the file's own scale)")
         check_frames(image_frames, temporal_factor)
         self.root = Path(root)
+        self.crop = crop
         self.fps = fps
         self.image_frames = image_frames
         self.random_offset = random_offset
@@ -202,7 +206,7 @@ class VideoFolder(torch.utils.data.Dataset):
         start = 0
         try:
             if self.kinds[index] == "image":
-                frames = resize_and_crop(read_image(sample.path), bucket.width, bucket.height)[None]
+                frames = self._fit(read_image(sample.path)[None], bucket, rng)
                 frames = np.repeat(frames, bucket.frames, axis=0)
             else:
                 span = (bucket.frames - 1) * stride + 1
@@ -210,7 +214,7 @@ class VideoFolder(torch.utils.data.Dataset):
                 if self.random_offset and latest > 0:
                     start = int(rng.integers(0, latest + 1))
                 frames = self._read_clip(sample.path, bucket.frames, stride, start)
-                frames = resize_and_crop(frames, bucket.width, bucket.height)
+                frames = self._fit(frames, bucket, rng)
         except Exception as err:  # a corrupt or truncated file: leave it out, keep training
             reason = f"unreadable: {_reason(err, path)}"
             self.skipped[path] = reason
@@ -230,6 +234,16 @@ class VideoFolder(torch.utils.data.Dataset):
             "epoch": epoch,
             "position": position,
         }
+
+    def _fit(self, frames: np.ndarray, bucket: Bucket, rng: np.random.Generator) -> np.ndarray:
+        """(T, H, W, 3) frames -> the bucket's height and width: scaled to cover and centre-cropped,
+        or with crop="random" a random window at the file's own scale (scaled only when smaller)."""
+        h, w = frames.shape[1:3]
+        if self.crop == "random" and h >= bucket.height and w >= bucket.width:
+            top = int(rng.integers(0, h - bucket.height + 1))
+            left = int(rng.integers(0, w - bucket.width + 1))
+            return np.ascontiguousarray(frames[:, top : top + bucket.height, left : left + bucket.width])
+        return resize_and_crop(frames, bucket.width, bucket.height)
 
     @staticmethod
     def _read_clip(path: Path, frames: int, stride: int, start: int) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""VAE training: crops at native scale, the discriminator's own optimizer, exact resume, latent statistics."""
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import moving_square
+from pipelines import train as training
+from pipelines.config import load_config
+from pipelines.data import Bucket, VideoFolder
+from pipelines.video_io import write_video
+from train_helpers import losses
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    for i in range(4):
+        write_video(folder / f"clip{i}.gif", moving_square(9, 48, 64, seed=i), 8.0)
+    return folder
+
+
+def vae_config(tmp_path, clips, out="run", **top):
+    cfg = {
+        "model": {"kind": "vae", "preset": "tiny"},
+        "data": {"root": str(clips), "frames": 9, "buckets": [[9, 32, 32]], "crop": "random", "batch_size": 2},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "vae": {"disc_weight": 0.5, "disc_start": 2, "disc_lr": 1e-3},
+        "steps": 4,
+        "save_every": 2,
+        "log_every": 1,
+        "ema_decay": 0.9,
+        "tensorboard": False,
+        "out": str(tmp_path / out),
+    }
+    for key, value in top.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return load_config(path)
+
+
+def test_random_crops_are_windows_of_the_original_pixels(clips):
+    from pipelines.video_io import read_video
+
+    data = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], crop="random", spatial_multiple=8)
+    full = torch.from_numpy(read_video(clips / "clip0.gif").frames).permute(3, 0, 1, 2).float() / 127.5 - 1
+    corners = set()
+    for epoch in range(6):
+        data.set_epoch(epoch)
+        crop = data[0]["video"]  # (3, 9, 32, 32)
+        hits = [(y, x) for y in range(48 - 31) for x in range(64 - 31)
+                if torch.allclose(full[:, :, y : y + 32, x : x + 32], crop, atol=1e-6)]
+        assert hits, "a random crop must be an unscaled window of the clip"
+        corners.add(hits[0])
+    assert len(corners) > 1  # the window moves between epochs
+    scaled = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], spatial_multiple=8)[0]["video"]
+    assert not torch.allclose(scaled, full[:, :, :32, :32])  # "center" scales the whole frame down
+
+
+def test_vae_run_trains_the_discriminator_resumes_exactly_and_measures_latent_stats(tmp_path, clips):
+    straight = training.train(vae_config(tmp_path, clips, out="straight"))
+    cfg = vae_config(tmp_path, clips, out="resumed")
+    training.train(cfg, stop_at=2)
+    resumed = training.train(cfg, resume=tmp_path / "resumed")
+    assert sorted(losses(straight)) == [1, 2, 3, 4]
+    assert losses(resumed) == losses(straight)  # discriminator state included, bit for bit
+
+    from vae3d.losses import PatchDiscriminator3D
+
+    first = load_file(straight / "checkpoints" / "step_00000002" / "discriminator.safetensors")
+    last = load_file(straight / "checkpoints" / "step_00000004" / "discriminator.safetensors")
+    assert first.keys() == PatchDiscriminator3D().state_dict().keys()
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # it is stepped after disc_start
+    again = load_file(resumed / "checkpoints" / "step_00000004" / "discriminator.safetensors")
+    assert all(torch.equal(last[k], again[k]) for k in last)
+
+    from vae3d import CausalVideoVAE
+
+    vae = CausalVideoVAE.from_pretrained(straight / "model")
+    assert vae.config.latents_mean is not None and len(vae.config.latents_std) == vae.config.latent_channels
+    data = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], crop="random", spatial_multiple=8)
+    z = torch.cat([vae.encode_latents(data[i]["video"][None]) for i in range(len(data))])
+    per_channel = z.transpose(0, 1).flatten(1)
+    assert per_channel.mean(1).abs().max() < 0.5 and per_channel.std(1).sub(1).abs().max() < 0.5
+
+
+def test_a_discriminator_that_is_off_saves_nothing(tmp_path, clips):
+    run = training.train(vae_config(tmp_path, clips, vae={"disc_weight": 0.0}, steps=2, save_every=2))
+    assert not (run / "checkpoints" / "step_00000002" / "discriminator.safetensors").exists()
+    assert np.isfinite(list(losses(run).values())).all()
