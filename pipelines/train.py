@@ -292,10 +292,14 @@ def make_data(cfg: TrainConfig, world: World, spatial_multiple: int, temporal_fa
     return dataset, sampler, loader
 
 
-def forever(loader):
-    """Batches without end (the sampler moves to the next epoch by itself); empty batches skipped."""
+def forever(loader, dataset=None):
+    """Batches without end (the sampler moves to the next epoch by itself); empty batches skipped.
+    Files that failed while a batch was read (possibly in a worker process) are recorded in
+    `dataset.skipped`, for the run summary."""
     while True:
         for batch in loader:
+            if dataset is not None and batch.get("skipped"):
+                dataset.skipped.update(batch["skipped"])
             if batch.get("video") is not None or batch.get("latents") is not None:
                 yield batch
 
@@ -656,7 +660,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                    f"{len(dataset)} clips, {len(sampler)} batches per epoch per rank, {world.world_size} process(es), "
                    f"{'DeepSpeed ZeRO-' + str(engine.stage) if ds_config else 'plain PyTorch'}"
                    + (f", resumed at step {step}" if step else ""))
-    batches = forever(loader)
+    batches = forever(loader, dataset)
     end = min(cfg.steps, stop_at) if stop_at else cfg.steps
     clips, tic = 0, time.perf_counter()
     batch = None
@@ -697,6 +701,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                 write_preview(out / "samples" / f"step_{step:08d}", video, cfg.data.fps)
                 logger.log({"step": step, "sample": f"samples/step_{step:08d}"})
 
+    logger.log({"step": step, "data": dataset.summary()})
+    logger.message(f"data: {dataset.summary()}")
     logger.close()
     if step >= cfg.steps and world.is_main:
         export_checkpoint(list_checkpoints(out)[-1], out / "model", use_ema=ema is not None, overwrite=True,

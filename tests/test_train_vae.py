@@ -93,3 +93,25 @@ def test_a_discriminator_that_is_off_saves_nothing(tmp_path, clips):
     run = training.train(vae_config(tmp_path, clips, vae={"disc_weight": 0.0}, steps=2, save_every=2))
     assert not (run / "checkpoints" / "step_00000002" / "discriminator.safetensors").exists()
     assert np.isfinite(list(losses(run).values())).all()
+
+
+def test_a_clip_that_fails_in_a_worker_is_skipped_and_counted_in_the_run_summary(tmp_path, clips):
+    import json
+    import shutil
+    import warnings
+
+    from pipelines.data import SkippedFileWarning
+    from test_data import truncate, write_faststart
+
+    data = tmp_path / "data"
+    shutil.copytree(clips, data)
+    write_faststart(data / "cut_data.mp4", moving_square(24, 32, 48), fps=8)
+    truncate(data / "cut_data.mp4", 0.85)  # opens and says 24 frames, but the frames are gone
+    cfg = vae_config(tmp_path, data, vae={"disc_weight": 0.0}, data={"num_workers": 1, "batch_size": 1},
+                     steps=6, save_every=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        run = training.train(cfg)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["data"] == "4 files used, 1 skipped (1 unreadable)"
+    assert sorted(losses(run)) == list(range(1, 7))  # the run went on to its last step
