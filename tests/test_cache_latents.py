@@ -101,3 +101,25 @@ def test_cache_holds_long_clips_that_match_the_vae_and_text_encoder(data, tmp_pa
     assert {e["latent_shape"][1] for e in LatentCache(out).entries} == {1, 3}
     again = LatentCache(out)
     assert again.null_text() is None and again[0]["text_states"] == []
+
+
+def test_every_caption_stores_one_entry_per_wording(tmp_path):
+    data = tmp_path / "clips"
+    data.mkdir()
+    write_video(data / "a.mp4", moving_square(9, 32, 32), fps=8)
+    write_video(data / "b.mp4", moving_square(9, 32, 32, seed=1), fps=8)
+    (data / "captions.jsonl").write_text(
+        '{"path": "a.mp4", "caption": "a square moves right"}\n'
+        '{"path": "a.mp4", "caption": "a block travels to the right"}\n'
+        '{"path": "b.mp4", "caption": "another square"}\n')
+    base = ["cache-latents", "--data", str(data), "--vae", "tiny", "--frames", "9", "--size", "32",
+            "--text-encoder", "none"]
+    assert cli.main(base + ["--out", str(tmp_path / "one")]) == 0
+    assert len(LatentCache(tmp_path / "one")) == 2
+    assert cli.main(base + ["--out", str(tmp_path / "every"), "--every-caption"]) == 0
+    every = LatentCache(tmp_path / "every")
+    captions = sorted((Path(e["path"]).name, e["caption"]) for e in every.entries)
+    assert captions == [("a.mp4", "a block travels to the right"), ("a.mp4", "a square moves right"),
+                        ("b.mp4", "another square")]
+    first, second = (every[i] for i, e in enumerate(every.entries) if e["path"].endswith("a.mp4"))
+    assert torch.equal(first["latents"], second["latents"])

@@ -41,6 +41,9 @@ def add_arguments(parser) -> None:
                         help="DiT patch size: sizes are multiples of the VAE's spatial factor times this (default 2)")
     parser.add_argument("--batch-size", type=int, default=1, help="clips encoded at once (same bucket)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
+    parser.add_argument("--every-caption", action="store_true",
+                        help="one entry per caption of a clip with several (its latents stored once per "
+                             "caption), so training sees every wording; default: one caption per clip")
     parser.add_argument("--shard-size", type=int, default=256, help="clips per safetensors shard")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
@@ -116,11 +119,15 @@ def run(args) -> int:
                 if batch["video"] is None:
                     continue
                 latents = vae.encode_latents(batch["video"].to(device=device, dtype=dtype)).float()
-                states, masks = _encode_text(encoders, batch["caption"]) if encoders is not None else ([], [])
+                pairs = [(b, caption) for b, index in enumerate(batch["index"])
+                         for caption in (ds.samples[index].captions if args.every_caption else [batch["caption"][b]])]
+                captions = [caption for _, caption in pairs]
+                states, masks = _encode_text(encoders, captions) if encoders is not None else ([], [])
                 bucket = ds.buckets[batch["bucket"]]
-                for b, index in enumerate(batch["index"]):
-                    writer.add(latents[b], [s[b] for s in states], [m[b] for m in masks], path=batch["path"][b],
-                               caption=batch["caption"][b], image=ds.kinds[index] == "image",
+                for j, (b, caption) in enumerate(pairs):
+                    index = batch["index"][b]
+                    writer.add(latents[b], [s[j] for s in states], [m[j] for m in masks], path=batch["path"][b],
+                               caption=caption, image=ds.kinds[index] == "image",
                                frames=bucket.frames, height=bucket.height, width=bucket.width,
                                fps=batch["fps"][b], stride=batch["stride"][b], start=batch["start"][b])
     seconds = time.perf_counter() - tic
