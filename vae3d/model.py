@@ -88,7 +88,17 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
     """A 2D/3D convolution. On a CPU in fp32 it calls oneDNN directly (PyTorch's own dispatch sends
     batch-1 inputs with N*C*T*H <= 20480 to an im2col kernel several times slower, forward and
-    backward), with the weight stored channels-last once so oneDNN does not re-lay it out each call."""
+    backward), with the weight stored channels-last once so oneDNN does not re-lay it out each call.
+    Under bf16 autocast on a CPU without bf16 units (`video_dit.model.CPU_BF16_MATMUL` is False) the
+    products run in fp32 and the result is rounded to bf16, as the DiT's `Linear` does: PyTorch's
+    bf16 convolutions are an order of magnitude slower than fp32 ones on such CPUs."""
+    from video_dit import model as dit_model
+
+    if (x.device.type == "cpu" and not dit_model.CPU_BF16_MATMUL and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        with torch.autocast("cpu", enabled=False):
+            y = conv(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding)
+        return y.to(torch.bfloat16)
     if (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")):
         if not weight.is_contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last):
