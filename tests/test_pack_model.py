@@ -1,0 +1,49 @@
+"""tools/pack_default_model.py: a model folder stored in float16 loads back as float32 and samples alike."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from pipeline_tiny import save_tiny_model
+from train_helpers import REPO
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("pack_default_model", REPO / "tools" / "pack_default_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_packed_model_is_half_the_size_and_generates_like_the_original(tmp_path):
+    from pipelines.pipeline import SpacetimePipeline
+
+    src = save_tiny_model(tmp_path / "model") or tmp_path / "model"
+    card = tmp_path / "card.md"
+    card.write_text("# a card\n")
+    report = load_tool().pack(src, tmp_path / "packed", card)
+    assert report["bytes_after"] < 0.55 * report["bytes_before"]
+    assert (tmp_path / "packed" / "README.md").read_text() == "# a card\n"
+    for weights in (tmp_path / "packed").rglob("*.safetensors"):
+        with safe_open(str(weights), framework="pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} <= {"F16", "I64", "BOOL"}
+
+    outs = []
+    for folder in (src, tmp_path / "packed"):
+        pipe = SpacetimePipeline.from_pretrained(folder)
+        pipe.set_progress_bar_config(disable=True)
+        assert all(p.dtype == torch.float32 for p in pipe.transformer.parameters())
+        outs.append(pipe("a red square", num_inference_steps=2, output_type="pt",
+                         generator=torch.Generator().manual_seed(0)).frames)
+    assert float((outs[0] - outs[1]).abs().max()) < 0.05
+    assert not (tmp_path / ".tmp_packed").exists()
+
+
+def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="not a model folder"):
+        load_tool().pack(tmp_path, tmp_path / "packed")

@@ -1,0 +1,73 @@
+"""Pack a trained model folder as the default model shipped inside the package.
+
+    python tools/pack_default_model.py runs/dit_default/pipeline [--out pipelines/default_model] [--card CARD.md]
+
+Copies the folder (model_index.json, the vae/ and transformer/ parts, their configs) and stores
+every floating-point weight as float16, which halves what the package carries; the loader casts
+weights to the model's own dtype (float32), so nothing else changes. It refuses weights that do not
+fit float16, and prints the largest rounding error. The card, if given, is copied in as README.md.
+The result is written beside --out under a temporary name and moved into place when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FP16_MAX = torch.finfo(torch.float16).max
+
+
+def pack(src: Path, out: Path, card: Path | None = None) -> dict:
+    if not (src / "model_index.json").is_file():
+        raise SystemExit(f"{src} is not a model folder (no model_index.json); pass RUN/pipeline of a DiT run")
+    tmp = out.with_name(f".tmp_{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors"))
+    report = {"tensors": 0, "bytes_before": 0, "bytes_after": 0, "max_rounding_error": 0.0}
+    for weights in sorted(src.rglob("*.safetensors")):
+        tensors = {}
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata()
+            for key in f.keys():
+                t = f.get_tensor(key)
+                report["bytes_before"] += t.numel() * t.element_size()
+                if t.is_floating_point():
+                    if t.abs().max() > FP16_MAX:
+                        raise SystemExit(f"{weights}: tensor {key} exceeds the float16 range")
+                    half = t.to(torch.float16)
+                    error = float((half.float() - t.float()).abs().max()) if t.numel() else 0.0
+                    report["max_rounding_error"] = max(report["max_rounding_error"], error)
+                    t = half
+                tensors[key] = t.contiguous()
+                report["bytes_after"] += t.numel() * t.element_size()
+                report["tensors"] += 1
+        target = tmp / weights.relative_to(src)
+        save_file(tensors, str(target), metadata=metadata)
+    if card is not None:
+        shutil.copyfile(card, tmp / "README.md")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="a model folder (RUN/pipeline of a DiT run)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pipelines" / "default_model")
+    parser.add_argument("--card", type=Path, default=None, help="a model card (Markdown) to ship as README.md")
+    args = parser.parse_args()
+    r = pack(args.model, args.out, args.card)
+    print(f"packed {r['tensors']} tensors into {args.out}: {r['bytes_before'] / 1e6:.1f} MB -> "
+          f"{r['bytes_after'] / 1e6:.1f} MB, largest float16 rounding error {r['max_rounding_error']:.2e}",
+          file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
