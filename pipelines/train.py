@@ -465,13 +465,15 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
     return save_pretrained_atomically(module, out)
 
 
-def measure_latent_stats(vae_folder: Path, dataset, max_clips: int = 256) -> tuple[list[float], list[float]]:
+def measure_latent_stats(vae_folder: Path, dataset, max_clips: int = 256,
+                         device: torch.device | str = "cpu") -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a trained VAE's raw latents (posterior means) over up to
     `max_clips` clips spread evenly through `dataset`, written into the folder's config so that
-    `encode_latents` hands the DiT latents of about unit variance."""
+    `encode_latents` hands the DiT latents of about unit variance. A channel whose std is below
+    1/1000 of the largest (a collapsed channel) gets that floor, so noise in it is not blown up."""
     from vae3d import CausalVideoVAE
 
-    vae = CausalVideoVAE.from_pretrained(vae_folder).eval()
+    vae = CausalVideoVAE.from_pretrained(vae_folder).to(device).eval()
     picks = np.linspace(0, len(dataset) - 1, num=min(max_clips, len(dataset))).round().astype(int)
     total = total_sq = count = 0
     with torch.no_grad():
@@ -479,15 +481,19 @@ def measure_latent_stats(vae_folder: Path, dataset, max_clips: int = 256) -> tup
             item = dataset[index]
             if item is None:
                 continue
-            raw = vae.encode(item["video"][None]).mode().double()  # (1, C, t, h, w)
+            raw = vae.encode(item["video"][None].to(device)).mode().double().cpu()  # (1, C, t, h, w)
             total = total + raw.sum(dim=(0, 2, 3, 4))
             total_sq = total_sq + raw.square().sum(dim=(0, 2, 3, 4))
             count += raw[:, 0].numel()
     if not count:
         raise UserError("no readable clips to measure the latent statistics on")
     mean = total / count
-    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
-    vae.set_latent_stats(mean.float(), std.float())
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt()
+    floor = 1e-3 * float(std.max())
+    if float(std.min()) < floor:
+        warnings.warn(f"{int((std < floor).sum())} latent channel(s) barely vary; their std is set to {floor:.2e}")
+    std = std.clamp_min(max(floor, 1e-12))
+    vae.to("cpu").set_latent_stats(mean.float(), std.float())
     save_pretrained_atomically(vae, Path(vae_folder))
     return mean.tolist(), std.tolist()
 
@@ -710,7 +716,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
         if cfg.model.kind == "dit" and Path(cfg.model.vae).exists():
             write_model_folder(cfg, out / "model", out / "pipeline")
         if cfg.model.kind == "vae":
-            measure_latent_stats(out / "model", dataset)
+            measure_latent_stats(out / "model", dataset, device=world.device)
             print(f"latent statistics measured and stored in {out / 'model' / 'config.json'}", flush=True)
     distributed.barrier(world)
     return out

@@ -29,7 +29,7 @@ def vae_config(tmp_path, clips, out="run", **top):
         "model": {"kind": "vae", "preset": "tiny"},
         "data": {"root": str(clips), "frames": 9, "buckets": [[9, 32, 32]], "crop": "random", "batch_size": 2},
         "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "vae": {"disc_weight": 0.5, "disc_start": 2, "disc_lr": 1e-3},
+        "vae": {"disc_weight": 0.5, "disc_start": 1, "disc_lr": 1e-3},
         "steps": 4,
         "save_every": 2,
         "log_every": 1,
@@ -63,9 +63,10 @@ def test_random_crops_are_windows_of_the_original_pixels(clips):
 
 
 def test_vae_run_trains_the_discriminator_resumes_exactly_and_measures_latent_stats(tmp_path, clips):
-    straight = training.train(vae_config(tmp_path, clips, out="straight"))
-    cfg = vae_config(tmp_path, clips, out="resumed")
-    training.train(cfg, stop_at=2)
+    accum = {"grad_accum": 2}  # two micro-batches per step, for the VAE and its discriminator alike
+    straight = training.train(vae_config(tmp_path, clips, out="straight", optim=accum))
+    cfg = vae_config(tmp_path, clips, out="resumed", optim=accum)
+    training.train(cfg, stop_at=2)  # the discriminator has trained for a step when this is saved
     resumed = training.train(cfg, resume=tmp_path / "resumed")
     assert sorted(losses(straight)) == [1, 2, 3, 4]
     assert losses(resumed) == losses(straight)  # discriminator state included, bit for bit
@@ -75,6 +76,8 @@ def test_vae_run_trains_the_discriminator_resumes_exactly_and_measures_latent_st
     first = load_file(straight / "checkpoints" / "step_00000002" / "discriminator.safetensors")
     last = load_file(straight / "checkpoints" / "step_00000004" / "discriminator.safetensors")
     assert first.keys() == PatchDiscriminator3D().state_dict().keys()
+    moments = load_file(straight / "checkpoints" / "step_00000002" / "discriminator.optimizer.safetensors")
+    assert moments and any(v.abs().sum() > 0 for v in moments.values())  # it had stepped before the save
     assert any(not torch.equal(first[k], last[k]) for k in first)  # it is stepped after disc_start
     again = load_file(resumed / "checkpoints" / "step_00000004" / "discriminator.safetensors")
     assert all(torch.equal(last[k], again[k]) for k in last)

@@ -2,16 +2,18 @@
 
     python tools/pack_default_model.py runs/dit_default/pipeline [--out pipelines/default_model] [--card CARD.md]
 
-Copies the folder (model_index.json, the vae/ and transformer/ parts, their configs) and stores
-every floating-point weight as float16, which halves what the package carries; the loader casts
-weights to the model's own dtype (float32), so nothing else changes. It refuses weights that do not
-fit float16, and prints the largest rounding error. The card, if given, is copied in as README.md.
+Copies the folder (model_index.json, the vae/ and transformer/ parts, their configs; any other
+part as it is) and stores the vae and transformer weights as float16, which halves what the package
+carries; the pipeline's loader casts them to the model's own dtype (float32), so nothing else
+changes. It refuses weights that are not finite or do not fit float16, and prints the largest
+rounding error. An existing --out is replaced only if it is a model folder. The card, if given, is copied in as README.md.
 The result is written beside --out under a temporary name and moved into place when complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,27 +25,39 @@ from safetensors.torch import save_file
 FP16_MAX = torch.finfo(torch.float16).max
 
 
+PARTS = ("vae", "transformer")  # loaded by the pipeline's own loader, which casts to float32
+
+
 def pack(src: Path, out: Path, card: Path | None = None) -> dict:
     if not (src / "model_index.json").is_file():
         raise SystemExit(f"{src} is not a model folder (no model_index.json); pass RUN/pipeline of a DiT run")
+    if out.exists() and not (out / "model_index.json").is_file():
+        raise SystemExit(f"{out} exists and is not a model folder; refusing to replace it")
     tmp = out.with_name(f".tmp_{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors"))
-    report = {"tensors": 0, "bytes_before": 0, "bytes_after": 0, "max_rounding_error": 0.0}
-    for weights in sorted(src.rglob("*.safetensors")):
+    report = {"tensors": 0, "bytes_before": 0, "bytes_after": 0, "max_rounding_error": 0.0,
+              "max_relative_error": 0.0}
+    shutil.copytree(src, tmp, dirs_exist_ok=True,  # other parts (a text encoder folder) as they are
+                    ignore=lambda d, names: [n for n in names if Path(d) == src and n in PARTS])
+    for weights in sorted(w for part in PARTS for w in (src / part).glob("*.safetensors")):
         tensors = {}
         with safe_open(str(weights), framework="pt") as f:
             metadata = f.metadata()
             for key in f.keys():
                 t = f.get_tensor(key)
                 report["bytes_before"] += t.numel() * t.element_size()
-                if t.is_floating_point():
-                    if t.abs().max() > FP16_MAX:
-                        raise SystemExit(f"{weights}: tensor {key} exceeds the float16 range")
+                if t.is_floating_point() and t.numel():
+                    if not bool(torch.isfinite(t).all()) or float(t.abs().max()) > FP16_MAX:
+                        raise SystemExit(f"{weights}: tensor {key} is not finite or exceeds the float16 range")
                     half = t.to(torch.float16)
-                    error = float((half.float() - t.float()).abs().max()) if t.numel() else 0.0
-                    report["max_rounding_error"] = max(report["max_rounding_error"], error)
+                    error = (half.float() - t.float()).abs()
+                    report["max_rounding_error"] = max(report["max_rounding_error"], float(error.max()))
+                    relative = float((error / t.float().abs().clamp_min(1e-4)).max())
+                    report["max_relative_error"] = max(report["max_relative_error"], relative)
                     t = half
+                elif t.is_floating_point():
+                    t = t.to(torch.float16)
                 tensors[key] = t.contiguous()
                 report["bytes_after"] += t.numel() * t.element_size()
                 report["tensors"] += 1
@@ -51,9 +65,14 @@ def pack(src: Path, out: Path, card: Path | None = None) -> dict:
         save_file(tensors, str(target), metadata=metadata)
     if card is not None:
         shutil.copyfile(card, tmp / "README.md")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if out.exists():  # swap, so that a model folder is in place at every moment
+        old = out.with_name(f".old_{out.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
     return report
 
 
@@ -65,7 +84,8 @@ def main() -> None:
     args = parser.parse_args()
     r = pack(args.model, args.out, args.card)
     print(f"packed {r['tensors']} tensors into {args.out}: {r['bytes_before'] / 1e6:.1f} MB -> "
-          f"{r['bytes_after'] / 1e6:.1f} MB, largest float16 rounding error {r['max_rounding_error']:.2e}",
+          f"{r['bytes_after'] / 1e6:.1f} MB, largest float16 rounding error {r['max_rounding_error']:.2e} "
+          f"(relative, for weights above 1e-4: {r['max_relative_error']:.2e})",
           file=sys.stderr)
 
 

@@ -36,6 +36,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 
+from video_dit import model as dit_model  # CPU_BF16_MATMUL: whether this CPU multiplies bf16 in hardware
+
 # A streaming cache: module -> what that module keeps between chunks (its last input frames, or
 # for an up-sampler the fact that it has seen the clip's first frame). One dict per clip (and per
 # spatial tile); `None` means "one pass over a whole clip that starts at frame 0".
@@ -89,13 +91,11 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, strid
     """A 2D/3D convolution. On a CPU in fp32 it calls oneDNN directly (PyTorch's own dispatch sends
     batch-1 inputs with N*C*T*H <= 20480 to an im2col kernel several times slower, forward and
     backward), with the weight stored channels-last once so oneDNN does not re-lay it out each call.
-    Under bf16 autocast on a CPU without bf16 units (`video_dit.model.CPU_BF16_MATMUL` is False) the
-    products run in fp32 and the result is rounded to bf16, as the DiT's `Linear` does: PyTorch's
-    bf16 convolutions are an order of magnitude slower than fp32 ones on such CPUs."""
-    from video_dit import model as dit_model
-
-    if (x.device.type == "cpu" and not dit_model.CPU_BF16_MATMUL and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+    In bf16 (weights or autocast) on a CPU without bf16 units (`video_dit.model.CPU_BF16_MATMUL` is
+    False) the products run in fp32 and the result is rounded to bf16, as the DiT's `Linear` does:
+    PyTorch's bf16 convolutions are an order of magnitude slower than fp32 ones on such CPUs."""
+    if x.device.type == "cpu" and not dit_model.CPU_BF16_MATMUL and (x.dtype == torch.bfloat16 or (
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)):
         with torch.autocast("cpu", enabled=False):
             y = conv(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding)
         return y.to(torch.bfloat16)

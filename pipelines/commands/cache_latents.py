@@ -101,6 +101,7 @@ def run(args) -> int:
         "frames": lengths,
         "size": args.size,
         "patch": args.patch,
+        "every_caption": bool(args.every_caption),
     }
     tic = time.perf_counter()
     with LatentCacheWriter(out, info=info, shard_size=args.shard_size, overwrite=args.overwrite) as writer:
