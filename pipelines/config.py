@@ -103,6 +103,7 @@ class VAEConfig:
     disc_weight: float = 0.0  # 0: no adversarial loss
     disc_start: int = 1000  # the discriminator joins after this many steps
     disc_lr: float = 1e-4
+    sample_posterior: bool = True  # decode a posterior sample (a VAE); false: its mean (an autoencoder with a KL penalty)
 
 
 @dataclass

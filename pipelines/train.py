@@ -205,7 +205,7 @@ class VAETask(Task):
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
         video = batch["video"].to(self.device)
-        reconstruction, posterior = model(video, generator=generator)
+        reconstruction, posterior = model(video, sample_posterior=self.cfg.vae.sample_posterior, generator=generator)
         out = self.criterion(video, reconstruction, posterior, step=self.step)
         self.disc_loss = out["disc_loss"] if self.criterion.discriminator_active(self.step) else None
         return out["loss"]

@@ -103,7 +103,7 @@ def test_cache_holds_long_clips_that_match_the_vae_and_text_encoder(data, tmp_pa
     assert again.null_text() is None and again[0]["text_states"] == []
 
 
-def test_every_caption_stores_one_entry_per_wording(tmp_path):
+def test_every_caption_stores_one_entry_per_wording(tmp_path, capsys):
     data = tmp_path / "clips"
     data.mkdir()
     write_video(data / "a.mp4", moving_square(9, 32, 32), fps=8)
@@ -117,6 +117,7 @@ def test_every_caption_stores_one_entry_per_wording(tmp_path):
     assert cli.main(base + ["--out", str(tmp_path / "one")]) == 0
     assert len(LatentCache(tmp_path / "one")) == 2
     assert cli.main(base + ["--out", str(tmp_path / "every"), "--every-caption"]) == 0
+    assert "cached 3 entries (2 clips, one entry per caption)" in capsys.readouterr().out
     every = LatentCache(tmp_path / "every")
     captions = sorted((Path(e["path"]).name, e["caption"]) for e in every.entries)
     assert captions == [("a.mp4", "a block travels to the right"), ("a.mp4", "a square moves right"),

@@ -132,7 +132,9 @@ def run(args) -> int:
                                frames=bucket.frames, height=bucket.height, width=bucket.width,
                                fps=batch["fps"][b], stride=batch["stride"][b], start=batch["start"][b])
     seconds = time.perf_counter() - tic
-    print(f"cached {len(writer.entries)} clips into {out} in {seconds:.1f} s; {ds.summary()}")
+    what = f"{len(writer.entries)} entries ({len({e['path'] for e in writer.entries})} clips, one entry per caption)" \
+        if args.every_caption else f"{len(writer.entries)} clips"
+    print(f"cached {what} into {out} in {seconds:.1f} s; {ds.summary()}")
     return 0
 
 
