@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from conftest import moving_square
@@ -11,7 +10,7 @@ from pipelines import train as training
 from pipelines.config import load_config
 from pipelines.data import Bucket, VideoFolder
 from pipelines.video_io import write_video
-from train_helpers import losses
+from train_helpers import losses, write_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,23 +24,13 @@ def clips(tmp_path_factory):
 
 
 def vae_config(tmp_path, clips, out="run", **top):
-    cfg = {
+    sections = {
         "model": {"kind": "vae", "preset": "tiny"},
         "data": {"root": str(clips), "frames": 9, "buckets": [[9, 32, 32]], "crop": "random", "batch_size": 2},
         "optim": {"lr": 1e-3, "warmup_steps": 1},
         "vae": {"disc_weight": 0.5, "disc_start": 1, "disc_lr": 1e-3},
-        "steps": 4,
-        "save_every": 2,
-        "log_every": 1,
-        "ema_decay": 0.9,
-        "tensorboard": False,
-        "out": str(tmp_path / out),
     }
-    for key, value in top.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
-    path = tmp_path / f"{out}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return load_config(path)
+    return load_config(write_config(tmp_path, sections, out, **{"steps": 4, "save_every": 2, **top}))
 
 
 def test_random_crops_are_windows_of_the_original_pixels(clips):

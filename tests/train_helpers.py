@@ -32,17 +32,19 @@ def write_latent_cache(folder: Path, clips: int = 8, channels: int = 4, frames: 
 
 def tiny_config(tmp_path: Path, cache: Path, out: str = "run", **top) -> Path:
     """A YAML config for the tiny unconditional DiT on `cache`; `top` overrides top-level keys."""
-    cfg = {
+    sections = {
         "model": {"kind": "dit", "preset": "tiny", "text_encoders": []},
         "data": {"latent_cache": str(cache), "frames": 9, "batch_size": 2},
         "optim": {"lr": 3e-3, "warmup_steps": 2},
-        "steps": 6,
-        "save_every": 3,
-        "log_every": 1,
-        "ema_decay": 0.9,
-        "tensorboard": False,
-        "out": str(tmp_path / out),
     }
+    return write_config(tmp_path, sections, out, **{"steps": 6, "save_every": 3, **top})
+
+
+def write_config(tmp_path: Path, sections: dict, out: str = "run", **top) -> Path:
+    """TMP/OUT.yaml: `sections` over quick-run defaults (log every step, EMA 0.9, no TensorBoard,
+    output in TMP/OUT); `top` overrides keys, and a dict value updates that section."""
+    cfg = {"log_every": 1, "ema_decay": 0.9, "tensorboard": False, "out": str(tmp_path / out),
+           **{k: dict(v) for k, v in sections.items()}}
     for key, value in top.items():
         if isinstance(value, dict):
             cfg.setdefault(key, {}).update(value)
