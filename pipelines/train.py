@@ -376,13 +376,7 @@ def save_checkpoint(out: Path, step: int, cfg: TrainConfig, engine: Engine, ema:
         state = {"step": step, "world_size": world.world_size, "model_class": type(base).__name__,
                  "model_config": _model_config(base), "config": cfg.to_dict()}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        if final.exists():  # the same step saved again (a resumed run): swap, then remove the old one
-            stale = root / f".old_step_{step:08d}"
-            os.replace(final, stale)
-            os.replace(tmp, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_folder(tmp, final)  # the same step saved again (a resumed run) is swapped out
         for old in list_checkpoints(out)[: -cfg.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     distributed.barrier(world)
@@ -498,15 +492,26 @@ def measure_latent_stats(vae_folder: Path, dataset, max_clips: int = 256,
     return mean.tolist(), std.tolist()
 
 
+def replace_folder(tmp: Path, out: Path) -> Path:
+    """Put the complete folder `tmp` in `out`'s place. An existing `out` is renamed aside first and
+    removed after, so `out` holds either the old folder or the new one at every moment."""
+    if out.exists():
+        old = out.with_name(f".old_{out.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
 def save_pretrained_atomically(model, out: Path) -> Path:
     """`model.save_pretrained` into a temporary folder beside `out`, then put it in `out`'s place."""
     tmp = out.with_name(f".tmp_{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    return replace_folder(tmp, out)
 
 
 def write_model_folder(cfg: TrainConfig, dit_folder: Path, out: Path) -> Path:

@@ -23,7 +23,8 @@ def load_tool():
 def test_packed_model_is_half_the_size_and_generates_like_the_original(tmp_path):
     from pipelines.pipeline import SpacetimePipeline
 
-    src = save_tiny_model(tmp_path / "model") or tmp_path / "model"
+    src = tmp_path / "model"
+    save_tiny_model(src)
     card = tmp_path / "card.md"
     card.write_text("# a card\n")
     report = load_tool().pack(src, tmp_path / "packed", card)

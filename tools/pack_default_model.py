@@ -13,7 +13,6 @@ The result is written beside --out under a temporary name and moved into place w
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from pipelines.train import replace_folder
 
 FP16_MAX = torch.finfo(torch.float16).max
 
@@ -65,14 +66,7 @@ def pack(src: Path, out: Path, card: Path | None = None) -> dict:
         save_file(tensors, str(target), metadata=metadata)
     if card is not None:
         shutil.copyfile(card, tmp / "README.md")
-    if out.exists():  # swap, so that a model folder is in place at every moment
-        old = out.with_name(f".old_{out.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    replace_folder(tmp, out)  # a model folder is in place at every moment
     return report
 
 

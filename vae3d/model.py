@@ -36,7 +36,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 
-from video_dit import model as dit_model  # CPU_BF16_MATMUL: whether this CPU multiplies bf16 in hardware
+from video_dit.model import bf16_products_in_fp32  # the DiT's rule for bf16 on CPUs without bf16 units
 
 # A streaming cache: module -> what that module keeps between chunks (its last input frames, or
 # for an up-sampler the fact that it has seen the clip's first frame). One dict per clip (and per
@@ -91,11 +91,10 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, strid
     """A 2D/3D convolution. On a CPU in fp32 it calls oneDNN directly (PyTorch's own dispatch sends
     batch-1 inputs with N*C*T*H <= 20480 to an im2col kernel several times slower, forward and
     backward), with the weight stored channels-last once so oneDNN does not re-lay it out each call.
-    In bf16 (weights or autocast) on a CPU without bf16 units (`video_dit.model.CPU_BF16_MATMUL` is
-    False) the products run in fp32 and the result is rounded to bf16, as the DiT's `Linear` does:
+    In bf16 (weights or autocast) on a CPU without bf16 units (`video_dit.model.bf16_products_in_fp32`)
+    the products run in fp32 and the result is rounded to bf16, as the DiT's `Linear` does:
     PyTorch's bf16 convolutions are an order of magnitude slower than fp32 ones on such CPUs."""
-    if x.device.type == "cpu" and not dit_model.CPU_BF16_MATMUL and (x.dtype == torch.bfloat16 or (
-            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)):
+    if bf16_products_in_fp32(x):
         with torch.autocast("cpu", enabled=False):
             y = conv(x.float(), weight.float(), None if bias is None else bias.float(), stride, padding)
         return y.to(torch.bfloat16)
@@ -689,7 +688,7 @@ def vae_compact():
 
     Three levels (24, 48, 96 channels), each transition halving H, W and T, and no attention, so it
     is purely convolutional and trains on small crops. Compressing space only 4x (not 8x) keeps
-    detail in small frames (64x64 clips have 16x16 latents), which a CPU-sized DiT then patches 2x2.
+    detail in small frames (64x64 clips have 16x16 latents), which the default DiT cuts into 4x4 patches.
     """
     return dict(base_channels=24, channel_multipliers=(1, 2, 4), num_res_blocks=1, spatial_downsample=(True, True),
                 temporal_downsample=(True, True), mid_attention=False)

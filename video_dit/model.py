@@ -124,14 +124,21 @@ def _cpu_has_bf16_matmul() -> bool:
 CPU_BF16_MATMUL = _cpu_has_bf16_matmul()
 
 
+def bf16_products_in_fp32(x: torch.Tensor) -> bool:
+    """Whether a product with input x is a bf16 one (bf16 input or bf16 autocast) on a CPU without
+    bf16 units, which should then run in fp32 and round its result to bf16. `Linear` here and
+    `vae3d`'s convolutions follow it."""
+    if CPU_BF16_MATMUL or x.device.type != "cpu":
+        return False
+    return x.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 class Linear(nn.Linear):
     """nn.Linear that computes bf16 (weights or autocast) products in fp32 on CPUs without bf16 units."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if CPU_BF16_MATMUL or x.device.type != "cpu":
-            return super().forward(x)
-        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        if x.dtype != torch.bfloat16 and not autocast:
+        if not bf16_products_in_fp32(x):
             return super().forward(x)
         with torch.autocast("cpu", enabled=False):
             bias = None if self.bias is None else self.bias.float()
