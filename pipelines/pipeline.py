@@ -47,6 +47,7 @@ from pipelines.video_io import write_json
 logger = logging.getLogger(__name__)
 
 MODEL_INDEX = "model_index.json"
+MODEL_FORMAT = 1  # the layout of a model folder this version reads and writes (model_index.json "format")
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 DEFAULT_ENCODER = "minilm"  # in model_index.json: the text encoder installed with the package
 DEFAULT_NAMES = (DEFAULT_ENCODER, "default")  # "default" is what training configs call it
@@ -586,6 +587,7 @@ class SpacetimePipeline(DiffusionPipeline):
             "_class_name": type(self).__name__,
             "_diffusers_version": _diffusers_version(),
             "spacetime_version": _version(),
+            "format": MODEL_FORMAT,
             "vae": [type(self.vae).__module__.split(".")[0], type(self.vae).__name__],
             "transformer": [type(self.transformer).__module__.split(".")[0], type(self.transformer).__name__],
             "text_encoders": encoders,
@@ -741,6 +743,14 @@ def _read_index(root: Path) -> dict:
         raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
     if not isinstance(index, dict) or not isinstance(index.get("text_encoders", []), list):
         raise UserError(f"{path}: expected an object with a 'text_encoders' list")
+    if index.get("_class_name", "SpacetimePipeline") != "SpacetimePipeline":
+        raise UserError(f"{path} describes a {index['_class_name']}, not a spacetime-video model "
+                        "(_class_name SpacetimePipeline)")
+    fmt = index.get("format", MODEL_FORMAT)  # folders written before the field existed are format 1
+    if not isinstance(fmt, int) or fmt > MODEL_FORMAT or fmt < 1:
+        written = index.get("spacetime_version", "an unknown version")
+        raise UserError(f"{root} is a model folder of format {fmt!r}, written by spacetime-video {written}; "
+                        f"this version ({_version()}) reads format {MODEL_FORMAT}: install a matching version")
     return index
 
 

@@ -240,6 +240,23 @@ def test_a_model_folder_with_wrong_weights_is_refused_in_one_line(pipe, tmp_path
         SpacetimePipeline.from_pretrained(folder)
 
 
+
+def test_a_model_folder_from_a_newer_format_or_another_class_is_refused(pipe, tmp_path):
+    folder = tmp_path / "model"
+    pipe.save_pretrained(folder)
+    path = folder / "model_index.json"
+    index = json.loads(path.read_text())
+    assert index["format"] == 1
+    path.write_text(json.dumps({**index, "format": 2, "spacetime_version": "9.0.0"}))
+    with pytest.raises(UserError, match=r"format 2, written by spacetime-video 9\.0\.0; .* reads format 1"):
+        SpacetimePipeline.from_pretrained(folder)
+    path.write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(UserError, match="describes a StableDiffusionPipeline, not a spacetime-video model"):
+        SpacetimePipeline.from_pretrained(folder)
+    del index["format"]  # folders written before the field existed still load
+    path.write_text(json.dumps(index))
+    SpacetimePipeline.from_pretrained(folder)
+
 def test_no_default_model_is_a_clear_one_line_error():
     try:
         path = default_model_path()
