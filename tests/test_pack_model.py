@@ -1,6 +1,5 @@
 """tools/pack_default_model.py: a model folder stored in float16 loads back as float32 and samples alike."""
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -8,16 +7,10 @@ import torch
 from safetensors import safe_open
 
 from pipeline_tiny import save_tiny_model
-from train_helpers import REPO
+from train_helpers import load_tool
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("pack_default_model", REPO / "tools" / "pack_default_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_packed_model_is_half_the_size_and_generates_like_the_original(tmp_path):
@@ -27,7 +20,7 @@ def test_packed_model_is_half_the_size_and_generates_like_the_original(tmp_path)
     save_tiny_model(src)
     card = tmp_path / "card.md"
     card.write_text("# a card\n")
-    report = load_tool().pack(src, tmp_path / "packed", card)
+    report = load_tool("pack_default_model").pack(src, tmp_path / "packed", card)
     assert report["bytes_after"] < 0.55 * report["bytes_before"]
     assert (tmp_path / "packed" / "README.md").read_text() == "# a card\n"
     for weights in (tmp_path / "packed").rglob("*.safetensors"):
@@ -47,4 +40,4 @@ def test_packed_model_is_half_the_size_and_generates_like_the_original(tmp_path)
 
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="not a model folder"):
-        load_tool().pack(tmp_path, tmp_path / "packed")
+        load_tool("pack_default_model").pack(tmp_path, tmp_path / "packed")

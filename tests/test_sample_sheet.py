@@ -1,6 +1,5 @@
 """tools/sample_sheet.py: the README's sheet of a model's samples, one labelled row per sample."""
 
-import importlib.util
 import subprocess
 import sys
 
@@ -9,20 +8,13 @@ import pytest
 import torch
 
 from pipeline_tiny import tiny_pipeline
-from train_helpers import REPO
+from train_helpers import REPO, load_tool
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("sample_sheet", REPO / "tools" / "sample_sheet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_each_row_is_a_label_then_the_seeded_samples_frames():
-    tool = load_tool()
+    tool = load_tool("sample_sheet")
     pipe = tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
     prompts = ("a red circle moves to the right", "a blue square moves down")

@@ -15,6 +15,16 @@ from pipelines.data import LatentCacheWriter
 REPO = Path(__file__).resolve().parents[1]
 
 
+def load_tool(name: str):
+    """A script of tools/ (not a package) imported as a module, e.g. load_tool("sample_sheet")."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_latent_cache(folder: Path, clips: int = 8, channels: int = 4, frames: int = 3, size: int = 4,
                        text_dim: int | None = None) -> Path:
     """Clips of latents that share a pattern (so a model can learn them) plus a little noise."""

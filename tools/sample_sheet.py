@@ -48,12 +48,12 @@ def label_strip(text: str, height: int, width: int) -> np.ndarray:
 
 
 def row(label: str, frames: np.ndarray, count: int = 6, gap: int = 2, label_width: int = 150) -> np.ndarray:
-    t, h, w, _ = frames.shape
-    picks = np.unique(np.round(np.linspace(0, t - 1, count)).astype(int))
-    parts = [label_strip(label, h, label_width)]
-    for i in picks:
-        parts += [np.full((h, gap, 3), 255, np.uint8), frames[i]]
-    return np.concatenate(parts, axis=1)
+    """The label, then `count` evenly spaced frames (first and last included) in one line."""
+    from pipelines.video_io import contact_sheet
+
+    h = frames.shape[1]
+    strip = contact_sheet(frames, max_frames=count, columns=count, gap=gap)
+    return np.concatenate([label_strip(label, h, label_width), np.full((h, gap, 3), 255, np.uint8), strip], axis=1)
 
 
 def make_sheet(pipe, seed: int = 0, text_prompts=TEXT_PROMPTS, pan_prompts=PAN_PROMPTS,
