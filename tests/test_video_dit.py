@@ -66,6 +66,25 @@ def test_fresh_model_outputs_exactly_zero(attn, cond):
     assert torch.count_nonzero(v) == 0
 
 
+def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
+    """prediction="sample": the last layer draws x0 and the model returns (x_t - x0) / max(t, 0.05),
+    per latent frame, also with a temporal patch; a fresh model's clean estimate is zero."""
+    x, ctx = torch.randn(2, 4, 4, 4, 4), text()
+    t = torch.tensor([[0.3, 0.8, 0.01, 1.0], [0.5, 0.5, 0.05, 0.2]])
+    floor = t.clamp(min=0.05)[:, None, :, None, None]
+    assert torch.allclose(tiny(prediction="sample")(x, t, ctx), x / floor)
+    velocity = perturb(tiny())
+    sample = tiny(prediction="sample")
+    sample.load_state_dict(velocity.state_dict())
+    x0 = velocity(x, t, ctx)  # the same last layer, read as a clean estimate
+    assert torch.allclose(sample(x, t, ctx), (x - x0) / floor, atol=1e-5)
+    pair = tiny(prediction="sample", patch_size=(2, 2, 2))  # (B, T) timesteps -> max per temporal patch
+    per_patch = t.view(2, 2, 2).amax(dim=2).repeat_interleave(2, dim=1).clamp(min=0.05)[:, None, :, None, None]
+    assert torch.allclose(pair(x, t, ctx), x / per_patch)
+    with pytest.raises(ValueError, match="prediction='noise'"):
+        tiny(prediction="noise")
+
+
 @pytest.mark.parametrize("attn,cond", CONFIGS)
 def test_odd_sizes_and_per_frame_timesteps(attn, cond):
     model = perturb(tiny(attn, cond, patch_size=(1, 1, 1)))
@@ -243,11 +262,11 @@ def test_torch_compile_captures_one_graph():
     assert torch.allclose(compiled(x, t, ctx), model(x, t, ctx), atol=1e-5)
 
 
-@pytest.mark.parametrize("attn", ["full", "factorized"])
-def test_overfits_one_clip(attn):
+@pytest.mark.parametrize("attn,prediction", [("full", "velocity"), ("factorized", "velocity"), ("full", "sample")])
+def test_overfits_one_clip(attn, prediction):
     """Rectified-flow loss on one tiny latent clip falls by at least 10x."""
     torch.manual_seed(0)
-    model = tiny(attn)
+    model = tiny(attn, prediction=prediction)
     x0 = torch.randn(1, 4, 3, 4, 4).expand(8, -1, -1, -1, -1)
     cond = dict(text_states=[torch.randn(1, 3, 8).expand(8, -1, -1)])
 

@@ -4,8 +4,10 @@ Read top to bottom: helpers (patchify, timestep and rotary embeddings, modulatio
 attention layers, the two blocks (adaLN-Zero DiT block; MMDiT joint block), the final layer, the
 model, and the size presets.
 
-The network is a plain function v = f(x_t, t, text): it predicts a velocity and knows nothing
-about the noise process (that is `video_dit.flow`).
+The network is a plain function v = f(x_t, t, text) that returns a velocity; the noise process
+lives in `video_dit.flow`. The one thing the model assumes about it is the straight path
+x_t = (1 - t) x0 + t noise, used when it predicts the clean sample x0 (`prediction="sample"`)
+and returns the velocity (x_t - x0) / t.
 
 The `attention="full"`, `text_conditioning="cross"` layout follows Wan 2.1's transformer: 3D
 rotary embedding split over (t, h, w), one time MLP shared by all blocks plus a learned
@@ -13,7 +15,7 @@ per-block modulation table, a self-attention / cross-attention / MLP block with 
 all heads, LayerNorm(affine) before cross-attention, and a modulated final LayerNorm. Weights of
 that family map onto it key by key (see docs/video_dit.md); the differences are that q/k/v are one
 fused projection, the patch embedding is a Linear over einops patches, and the adaLN projection
-starts at zero (adaLN-Zero) so that a fresh model outputs exactly zero.
+starts at zero (adaLN-Zero) so that a fresh model's last layer outputs exactly zero.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from einops import rearrange, reduce
+from einops import rearrange, reduce, repeat
 
 from video_dit.attention import attention, check_backend
 
 TIMESTEP_SCALE = 1000.0  # sigma in [0, 1] is embedded as sigma * 1000, as in Wan / SD3
+PREDICTIONS = ("velocity", "sample")
+SAMPLE_MIN_T = 0.05  # a sample prediction's velocity divides by t; below this it divides by this
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,8 +306,11 @@ class DiTBlock(nn.Module):
         qk_norm: bool = True,
         gelu_approximate: str = "none",
         eps: float = 1e-6,
+        prediction: str = "velocity",
     ):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}; expected 'velocity' or 'sample'")
         self.factorized = factorized
         self.eps = eps
         self.num_modulations = 9 if factorized else 6
@@ -409,7 +416,7 @@ class FinalLayer(nn.Module):
 
 
 class VideoDiT(ModelMixin, ConfigMixin):
-    r"""A DiT over spacetime patches of a latent video; predicts the rectified-flow velocity.
+    r"""A DiT over spacetime patches of a latent video; returns the rectified-flow velocity.
 
     Args:
         in_channels: latent channels C of the input (B, C, T, H, W).
@@ -431,6 +438,13 @@ class VideoDiT(ModelMixin, ConfigMixin):
         rope_theta: RoPE base.
         gelu_approximate: "none" (exact GELU) or "tanh" (the approximation DiT and Wan use).
         eps: epsilon of the LayerNorms and RMSNorms.
+        prediction: what the last layer predicts. "velocity" (noise - x0) directly, or "sample"
+            (the clean latent x0), turned into the velocity (x_t - x0) / max(t, 0.05) before it
+            is returned, so training, guidance and sampling see a velocity either way. Predict
+            the sample when a patch holds about as many numbers as the model is wide (here
+            pt*ph*pw*C against hidden_size): clean latents lie near a low-dimensional set that
+            a narrow model can draw, noise does not, and a velocity model of that shape leaves
+            noise in its samples.
     """
 
     _supports_gradient_checkpointing = True
@@ -454,8 +468,11 @@ class VideoDiT(ModelMixin, ConfigMixin):
         rope_theta: float = 10000.0,
         gelu_approximate: str = "none",
         eps: float = 1e-6,
+        prediction: str = "velocity",
     ):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}; expected 'velocity' or 'sample'")
         if attention not in ("full", "factorized"):
             raise ValueError(f"attention={attention!r}; expected 'full' or 'factorized'")
         if text_conditioning not in ("cross", "joint"):
@@ -621,7 +638,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         text_states: list[torch.Tensor] | None = None,
         text_masks: list[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """Predict the velocity.
+        """The velocity (predicted directly or from a predicted clean sample, by `prediction`).
 
         x: (B, C, T, H, W) noisy latents; timestep: (B,) or (B, T) sigma in [0, 1] (0 clean, 1
         noise), one per latent frame when 2D; text_states: one (B, L_i, D_i) tensor per text
@@ -654,8 +671,11 @@ class VideoDiT(ModelMixin, ConfigMixin):
                 else:
                     tokens = block(*args)
 
-        out = self.final_layer(tokens, temb)  # (B, N, pt*ph*pw*C)
-        return unpatchify(out, self.patch, grid).to(x.dtype)  # (B, C, T, H, W)
+        out = unpatchify(self.final_layer(tokens, temb), self.patch, grid)  # (B, C, T, H, W)
+        if self.config.prediction == "sample":
+            t = repeat(timestep, "b t -> b 1 (t pt) 1 1", pt=self.patch[0]).to(out.dtype)
+            out = (x.to(out.dtype) - out) / t.clamp(min=SAMPLE_MIN_T)
+        return out.to(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
