@@ -81,6 +81,13 @@ def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
     pair = tiny(prediction="sample", patch_size=(2, 2, 2))  # (B, T) timesteps -> max per temporal patch
     per_patch = t.view(2, 2, 2).amax(dim=2).repeat_interleave(2, dim=1).clamp(min=0.05)[:, None, :, None, None]
     assert torch.allclose(pair(x, t, ctx), x / per_patch)
+    half = tiny(prediction="sample")
+    half.load_state_dict(velocity.state_dict())
+    half = half.to(torch.bfloat16)  # bf16 weights: the velocity is still formed in fp32, returned in bf16
+    xb = x.bfloat16()
+    out = half(xb, t, [c.bfloat16() for c in ctx])
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), sample(xb.float(), t, ctx), rtol=0.05, atol=0.1)
     with pytest.raises(ValueError, match="prediction='noise'"):
         tiny(prediction="noise")
 

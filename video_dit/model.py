@@ -673,8 +673,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
 
         out = unpatchify(self.final_layer(tokens, temb), self.patch, grid)  # (B, C, T, H, W)
         if self.config.prediction == "sample":
-            t = repeat(timestep, "b t -> b 1 (t pt) 1 1", pt=self.patch[0]).to(out.dtype)
-            out = (x.to(out.dtype) - out) / t.clamp(min=SAMPLE_MIN_T)
+            t = repeat(timestep, "b t -> b 1 (t pt) 1 1", pt=self.patch[0]).float()
+            out = (x.float() - out.float()) / t.clamp(min=SAMPLE_MIN_T)  # fp32: a difference of near values
         return out.to(x.dtype)
 
 
