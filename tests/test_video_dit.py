@@ -67,9 +67,10 @@ def test_fresh_model_outputs_exactly_zero(attn, cond):
 
 
 def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
-    """prediction="sample": the last layer draws x0 and the model returns (x_t - x0) / max(t, 0.05),
-    per latent frame, also with a temporal patch; a fresh model's clean estimate is zero."""
-    x, ctx = torch.randn(2, 4, 4, 4, 4), text()
+    """prediction="sample": the last layer draws x0 and the model returns (x_t - x0) / max(t, 0.05)
+    with each latent frame's own t, also inside a temporal patch; a fresh model's x0 is zero."""
+    x = torch.randn(2, 4, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    ctx = text()
     t = torch.tensor([[0.3, 0.8, 0.01, 1.0], [0.5, 0.5, 0.05, 0.2]])
     floor = t.clamp(min=0.05)[:, None, :, None, None]
     assert torch.allclose(tiny(prediction="sample")(x, t, ctx), x / floor)
@@ -78,16 +79,18 @@ def test_sample_prediction_returns_the_velocity_of_its_clean_estimate():
     sample.load_state_dict(velocity.state_dict())
     x0 = velocity(x, t, ctx)  # the same last layer, read as a clean estimate
     assert torch.allclose(sample(x, t, ctx), (x - x0) / floor, atol=1e-5)
-    pair = tiny(prediction="sample", patch_size=(2, 2, 2))  # (B, T) timesteps -> max per temporal patch
-    per_patch = t.view(2, 2, 2).amax(dim=2).repeat_interleave(2, dim=1).clamp(min=0.05)[:, None, :, None, None]
-    assert torch.allclose(pair(x, t, ctx), x / per_patch)
+    pair = tiny(prediction="sample", patch_size=(2, 2, 2))  # frames 0.3 and 0.8 share a patch, each keeps its t
+    assert torch.allclose(pair(x, t, ctx), x / floor)
+    per_patch = torch.tensor([[0.8, 1.0], [0.5, 0.2]])  # one t per temporal patch: each of its frames gets it
+    assert torch.allclose(pair(x, per_patch, ctx), x / per_patch.repeat_interleave(2, dim=1)[:, None, :, None, None])
     half = tiny(prediction="sample")
     half.load_state_dict(velocity.state_dict())
     half = half.to(torch.bfloat16)  # bf16 weights: the velocity is still formed in fp32, returned in bf16
     xb = x.bfloat16()
     out = half(xb, t, [c.bfloat16() for c in ctx])
     assert out.dtype == torch.bfloat16
-    assert torch.allclose(out.float(), sample(xb.float(), t, ctx), rtol=0.05, atol=0.1)
+    above = (t > 0.05)[:, None, :, None, None].expand_as(x)  # at t <= 0.05, bf16's rounding of x0 is amplified 20x
+    assert torch.allclose(out.float()[above], sample(xb.float(), t, ctx)[above], rtol=0.05, atol=0.1)
     with pytest.raises(ValueError, match="prediction='noise'"):
         tiny(prediction="noise")
 

@@ -306,11 +306,8 @@ class DiTBlock(nn.Module):
         qk_norm: bool = True,
         gelu_approximate: str = "none",
         eps: float = 1e-6,
-        prediction: str = "velocity",
     ):
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={prediction!r}; expected 'velocity' or 'sample'")
         self.factorized = factorized
         self.eps = eps
         self.num_modulations = 9 if factorized else 6
@@ -590,16 +587,20 @@ class VideoDiT(ModelMixin, ConfigMixin):
             if timestep.shape[0] != b:
                 raise ValueError(f"timestep has shape {tuple(timestep.shape)}; expected ({b},) or ({b}, {t})")
             timestep = timestep[:, None].expand(b, grid[0])
+            frame_timestep = timestep[:, :1].expand(b, t)
         elif timestep.ndim == 2 and timestep.shape[0] == b and timestep.shape[1] in (t, grid[0]):
             if timestep.shape[1] != grid[0]:  # one timestep per latent frame -> per temporal patch
+                frame_timestep = timestep
                 timestep = reduce(timestep, "b (t pt) -> b t", "max", pt=self.patch[0])
+            else:
+                frame_timestep = repeat(timestep, "b t -> b (t pt)", pt=self.patch[0])
         else:
             raise ValueError(
                 f"timestep has shape {tuple(timestep.shape)}; expected ({b},) or ({b}, {t}) (one per latent frame)"
             )
         dims = tuple(self.config.text_dims)
         if not dims:
-            return grid, timestep, [], []
+            return grid, timestep, frame_timestep, [], []
         if text_states is None or len(text_states) != len(dims):
             got = "none" if text_states is None else f"{len(text_states)}"
             raise ValueError(f"text_states holds {got} tensors; this model expects one per text encoder, widths {dims}")
@@ -614,7 +615,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
                 )
             if m is not None and tuple(m.shape) != tuple(s.shape[:2]):
                 raise ValueError(f"text_masks[{i}] has shape {tuple(m.shape)}; expected {tuple(s.shape[:2])}")
-        return grid, timestep, list(text_states), list(text_masks)
+        return grid, timestep, frame_timestep, list(text_states), list(text_masks)
 
     def embed_text(self, text_states, text_masks):
         """Project each encoder's states to the model width and concatenate: (B, L, D), (B, L) or None."""
@@ -645,7 +646,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         encoder; text_masks: matching (B, L_i) bool masks (True = real token) or None.
         Returns (B, C, T, H, W).
         """
-        grid, timestep, text_states, text_masks = self._check_inputs(x, timestep, text_states, text_masks)
+        grid, timestep, frame_timestep, text_states, text_masks = self._check_inputs(x, timestep, text_states, text_masks)
         frames = grid[0]
         tokens = self.patch_embedding(patchify(x, self.patch).to(self.patch_embedding.weight.dtype))  # (B, N, D)
         rope = rope_frequencies(self.head_dim, grid, self.config.rope_theta, device=x.device)  # (N, d/2)
@@ -673,7 +674,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
 
         out = unpatchify(self.final_layer(tokens, temb), self.patch, grid)  # (B, C, T, H, W)
         if self.config.prediction == "sample":
-            t = repeat(timestep, "b t -> b 1 (t pt) 1 1", pt=self.patch[0]).float()
+            t = rearrange(frame_timestep, "b t -> b 1 t 1 1").float()  # each latent frame's own t
             out = (x.float() - out.float()) / t.clamp(min=SAMPLE_MIN_T)  # fp32: a difference of near values
         return out.to(x.dtype)
 
