@@ -583,21 +583,18 @@ class VideoDiT(ModelMixin, ConfigMixin):
         timestep = torch.as_tensor(timestep, device=x.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(b)
+        # Every form becomes one timestep per latent frame, then the largest per temporal patch.
         if timestep.ndim == 1:
             if timestep.shape[0] != b:
                 raise ValueError(f"timestep has shape {tuple(timestep.shape)}; expected ({b},) or ({b}, {t})")
-            timestep = timestep[:, None].expand(b, grid[0])
-            frame_timestep = timestep[:, :1].expand(b, t)
+            frame_timestep = timestep[:, None].expand(b, t)
         elif timestep.ndim == 2 and timestep.shape[0] == b and timestep.shape[1] in (t, grid[0]):
-            if timestep.shape[1] != grid[0]:  # one timestep per latent frame -> per temporal patch
-                frame_timestep = timestep
-                timestep = reduce(timestep, "b (t pt) -> b t", "max", pt=self.patch[0])
-            else:
-                frame_timestep = repeat(timestep, "b t -> b (t pt)", pt=self.patch[0])
+            frame_timestep = timestep if timestep.shape[1] == t else repeat(timestep, "b t -> b (t pt)", pt=self.patch[0])
         else:
             raise ValueError(
                 f"timestep has shape {tuple(timestep.shape)}; expected ({b},) or ({b}, {t}) (one per latent frame)"
             )
+        timestep = reduce(frame_timestep, "b (t pt) -> b t", "max", pt=self.patch[0])
         dims = tuple(self.config.text_dims)
         if not dims:
             return grid, timestep, frame_timestep, [], []
