@@ -1,8 +1,9 @@
 """The `spacetime` command line.
 
 Each subcommand lives in its own module under `pipelines.commands` with two functions,
-`add_arguments(parser)` and `run(args) -> int`. The table below names them; a module is imported
-only when its subcommand runs, so `spacetime --help` and `spacetime info` start quickly.
+`add_arguments(parser)` and `run(args) -> int`. The table below names them. Every module is
+imported to build the parser, but imports torch and the models only inside `run`, so
+`spacetime --help` starts quickly.
 """
 
 from __future__ import annotations

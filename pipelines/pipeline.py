@@ -644,7 +644,7 @@ class SpacetimePipeline(DiffusionPipeline):
     def from_parts(cls, vae, transformer, text_encoders=(DEFAULT_ENCODER,), **settings) -> "SpacetimePipeline":
         """Assemble a pipeline from separately trained parts, e.g. to write a model folder:
 
-            SpacetimePipeline.from_parts("runs/vae/final", "runs/dit/final", ["minilm"],
+            SpacetimePipeline.from_parts("runs/vae/model", "runs/dit/model", ["minilm"],
                                          native_frames=17, height=64, width=64).save_pretrained("my-model")
 
         vae, transformer: a model, its `save_pretrained` folder, or a model folder (its part is

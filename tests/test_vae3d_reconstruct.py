@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import moving_square
-from pipelines import cli
+from pipelines import __version__, cli
 from pipelines.errors import UserError
 from pipelines.metrics import psnr, ssim
 from pipelines.video_io import read_video, write_video
@@ -43,6 +43,7 @@ def test_keeps_the_input_frames_and_size_and_reports_metrics(vae_dir, clip_path,
     assert result["encode_s"] >= 0 and result["decode_s"] >= 0
     sidecar = json.loads((tmp_path / "recon.json").read_text())  # what made the output, beside it
     assert sidecar["task"] == "reconstruct" and sidecar["vae"] == result["vae"] and sidecar["psnr"] == result["psnr"]
+    assert sidecar["spacetime_version"] == __version__  # the same key as generate's sidecar
 
 
 def test_frames_and_size_options(vae_dir, clip_path, tmp_path, capsys):

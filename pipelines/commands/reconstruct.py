@@ -125,7 +125,7 @@ def run(args) -> int:
     from pipelines import __version__
 
     write_video(args.out, out, fps=clip.fps, overwrite=args.overwrite,
-                sidecar={"task": "reconstruct", **result, "version": __version__})
+                sidecar={"task": "reconstruct", **result, "spacetime_version": __version__})
     if args.json:
         print(json.dumps(result, indent=2))
     else:
