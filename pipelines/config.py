@@ -104,6 +104,10 @@ class VAEConfig:
     disc_start: int = 1000  # the discriminator joins after this many steps
     disc_lr: float = 1e-4
     sample_posterior: bool = True  # decode a posterior sample (a VAE); false: its mean (an autoencoder with a KL penalty)
+    first_frame_weight: float = 1.0  # weight of frame 0's reconstruction error against 1 for every other frame
+    #                                  (frame 0 is encoded on its own: it is the still of image-to-video)
+    train_encoder: bool = True  # false: only the decoder trains (needs model.init); the latent space and its
+    #                             statistics stay as they are, so latents cached for a DiT remain valid
 
 
 @dataclass
@@ -167,6 +171,9 @@ class TrainConfig:
              "dit.given", "non-negative probabilities that do not all vanish"),
             (self.data.crop in ("center", "random"), "data.crop", "'center' or 'random'"),
             (self.vae.reconstruction in ("l1", "l2"), "vae.reconstruction", "'l1' or 'l2'"),
+            (self.vae.first_frame_weight > 0, "vae.first_frame_weight", "a positive weight (1: like any other frame)"),
+            (self.vae.train_encoder or bool(self.model.init), "vae.train_encoder",
+             "true, or false together with model.init (a trained VAE whose encoder is kept)"),
             (self.lora.rank >= 0, "lora.rank", "0 (full fine-tuning) or a positive rank"),
             (self.lora.rank == 0 or self.model.kind == "dit", "lora.rank", "0 for a VAE (LoRA is for the DiT)"),
         ]

@@ -189,8 +189,12 @@ class VAETask(Task):
         else:
             self.model = CausalVideoVAE(**{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
         self.model.to(self.device)
+        if not cfg.vae.train_encoder:  # the latent space stays as it is: only the decoder side learns
+            for part in (self.model.encoder, self.model.quant_conv):
+                part.requires_grad_(False)
         self.criterion = VAELoss(reconstruction=cfg.vae.reconstruction, kl_weight=cfg.vae.kl_weight,
-                                 disc_weight=cfg.vae.disc_weight, disc_start=cfg.vae.disc_start).to(self.device)
+                                 disc_weight=cfg.vae.disc_weight, disc_start=cfg.vae.disc_start,
+                                 first_frame_weight=cfg.vae.first_frame_weight).to(self.device)
         self.spatial_multiple = self.model.spatial_factor
         self.temporal_factor = self.model.temporal_factor
         self.step = 0
@@ -720,8 +724,10 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                           adapter=out / "lora" if cfg.lora.rank else None)
         if cfg.model.kind == "dit" and Path(cfg.model.vae).exists():
             write_model_folder(cfg, out / "model", out / "pipeline")
-        if cfg.model.kind == "vae":
+        if cfg.model.kind == "vae" and cfg.vae.train_encoder:
             measure_latent_stats(out / "model", dataset, device=world.device)
             print(f"latent statistics measured and stored in {out / 'model' / 'config.json'}", flush=True)
+        elif cfg.model.kind == "vae":
+            print(f"the encoder was kept: {out / 'model'} has {cfg.model.init}'s latent statistics", flush=True)
     distributed.barrier(world)
     return out

@@ -107,3 +107,25 @@ def test_a_clip_that_fails_in_a_worker_is_skipped_and_counted_in_the_run_summary
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert records[-1]["data"] == "4 files used, 1 skipped (1 unreadable)"
     assert sorted(losses(run)) == list(range(1, 7))  # the run went on to its last step
+
+
+def test_a_decoder_only_run_keeps_the_latent_space_and_its_statistics(tmp_path, clips):
+    from vae3d import CausalVideoVAE
+
+    base = training.train(vae_config(tmp_path, clips, out="base", vae={"disc_weight": 0.0}, steps=2, save_every=2))
+    cfg = vae_config(tmp_path, clips, out="decoder", model={"kind": "vae", "init": str(base / "model")},
+                     vae={"disc_weight": 0.0, "train_encoder": False, "first_frame_weight": 3.0},
+                     steps=3, save_every=3)
+    run = training.train(cfg)
+    before = CausalVideoVAE.from_pretrained(base / "model").state_dict()
+    after = CausalVideoVAE.from_pretrained(run / "model")
+    for name, value in after.state_dict().items():
+        kept = name.startswith(("encoder.", "quant_conv."))
+        assert torch.equal(value, before[name]) == kept, name  # the encoder is frozen, the decoder learns
+    original = CausalVideoVAE.from_pretrained(base / "model").config
+    assert after.config.latents_mean == original.latents_mean and after.config.latents_std == original.latents_std
+
+    from pipelines.errors import UserError
+
+    with pytest.raises(UserError, match="vae.train_encoder"):
+        vae_config(tmp_path, clips, out="no_init", vae={"train_encoder": False})

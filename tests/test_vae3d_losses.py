@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vae3d import PRESETS, CausalVideoVAE
-from vae3d.losses import PatchDiscriminator3D, VAELoss
+from vae3d.losses import DiagonalGaussian, PatchDiscriminator3D, VAELoss
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,3 +100,19 @@ def test_one_training_step_lowers_the_loss(vae):
         optimizer.step()
         losses.append(out["loss"].item())
     assert losses[-1] < losses[0]
+
+
+def test_first_frame_weight_weighs_frame_zero_against_the_others():
+    video = torch.zeros(1, 3, 5, 8, 8)
+    reconstruction = video.clone()
+    reconstruction[:, :, 0] = 1.0  # all of the error in frame 0
+    posterior = DiagonalGaussian(torch.zeros(1, 8, 2, 2, 2))
+    plain = VAELoss(kl_weight=0.0)(video, reconstruction, posterior)["rec"]
+    heavy = VAELoss(kl_weight=0.0, first_frame_weight=4.0)(video, reconstruction, posterior)["rec"]
+    assert float(plain) == pytest.approx(1 / 5)  # the plain mean
+    assert float(heavy) == pytest.approx(4 / (4 + 4))  # weighted mean of per-frame errors (1, 0, 0, 0, 0)
+    still = VAELoss(kl_weight=0.0, first_frame_weight=4.0)(video[:, :, :1], reconstruction[:, :, :1],
+                                                          DiagonalGaussian(torch.zeros(1, 8, 1, 2, 2)))["rec"]
+    assert float(still) == pytest.approx(1.0)  # a still is its own first frame
+    with pytest.raises(ValueError, match="first_frame_weight"):
+        VAELoss(first_frame_weight=0)

@@ -63,19 +63,28 @@ def _as_list(x):
 class VAELoss(nn.Module):
     """Reconstruction (L1 or L2) + kl_weight * KL + disc_weight * adversarial (after disc_start).
 
+    `first_frame_weight` weighs the first frame's mean error against 1 for each other frame (the
+    first frame is encoded on its own, and is what image-to-video starts from; in a 17-frame clip
+    it is otherwise 1/17 of the loss). A clip's reconstruction term is then the weighted mean of
+    its per-frame errors; 1 gives the plain mean over all pixels.
+
     The KL term is the KL divergence to N(0, I) summed over a sample's latent elements and divided
     by the sample's pixel elements, so that kl_weight means what it means in latent-diffusion VAE
     recipes (where the reconstruction is summed over pixels): 1e-6 is a usual value.
     """
 
     def __init__(self, reconstruction: str = "l1", kl_weight: float = 1e-6, disc_weight: float = 0.0,
-                 disc_start: int = 1000, disc_channels: int = 64, disc_layers: int = 3):
+                 disc_start: int = 1000, disc_channels: int = 64, disc_layers: int = 3,
+                 first_frame_weight: float = 1.0):
         super().__init__()
         if reconstruction not in ("l1", "l2"):
             raise ValueError(f"reconstruction={reconstruction!r}: use 'l1' or 'l2'")
         if kl_weight < 0 or disc_weight < 0 or disc_start < 0:
             raise ValueError("kl_weight, disc_weight and disc_start must be >= 0")
+        if first_frame_weight <= 0:
+            raise ValueError(f"first_frame_weight={first_frame_weight}: use a positive weight (1: like any other frame)")
         self.reconstruction = reconstruction
+        self.first_frame_weight = float(first_frame_weight)
         self.kl_weight = float(kl_weight)
         self.disc_weight = float(disc_weight)
         self.disc_start = int(disc_start)
@@ -86,7 +95,13 @@ class VAELoss(nn.Module):
 
     def _reconstruction(self, video: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         diff = reconstruction.float() - video.float()
-        return diff.abs().mean() if self.reconstruction == "l1" else diff.square().mean()
+        error = diff.abs() if self.reconstruction == "l1" else diff.square()
+        if self.first_frame_weight == 1.0 or video.shape[2] == 1:
+            return error.mean()
+        per_frame = error.mean(dim=(0, 1, 3, 4))  # (T,)
+        weights = torch.ones_like(per_frame)
+        weights[0] = self.first_frame_weight
+        return (weights * per_frame).sum() / weights.sum()
 
     def forward(self, video, reconstruction, posterior, step: int = 0) -> dict[str, torch.Tensor]:
         """Returns a dict of scalar tensors: "loss" (the VAE's objective), "rec", "kl", "gan",
