@@ -51,6 +51,8 @@ class DataConfig:
     random_offset: bool = True  # start clips at random frames inside longer videos
     crop: str = "center"  # "center": scale to cover the bucket, crop the middle; "random": a random
     #                       bucket-sized window at the file's own scale (VAEs train on crops)
+    colour_augment: bool = False  # vae: each clip with its RGB channels in a random order (so every hue is
+    #                               seen, not only the data's own palette); captions would no longer match
     batch_size: int = 1  # clips per process per micro-step
     num_workers: int = 0  # DataLoader worker processes
 
@@ -175,6 +177,8 @@ class TrainConfig:
             (self.vae.train_encoder or bool(self.model.init), "vae.train_encoder",
              "true, or false together with model.init (a trained VAE whose encoder is kept)"),
             (self.lora.rank >= 0, "lora.rank", "0 (full fine-tuning) or a positive rank"),
+            (not self.data.colour_augment or self.model.kind == "vae", "data.colour_augment",
+             "false for a DiT (permuted colours would contradict the captions)"),
             (self.lora.rank == 0 or self.model.kind == "dit", "lora.rank", "0 for a VAE (LoRA is for the DiT)"),
         ]
         for ok, key, expected in checks:

@@ -286,7 +286,7 @@ def make_data(cfg: TrainConfig, world: World, spatial_multiple: int, temporal_fa
         dataset = VideoFolder(root, frames=d.frames, fps=d.fps, buckets=buckets, base_size=d.base_size,
                               image_frames=d.image_frames, random_offset=d.random_offset, seed=cfg.seed,
                               captions=d.captions, spatial_multiple=spatial_multiple,
-                              temporal_factor=temporal_factor, crop=d.crop)
+                              temporal_factor=temporal_factor, crop=d.crop, colour_augment=d.colour_augment)
     if len(dataset) == 0:
         raise UserError(f"no usable clips in {d.latent_cache or d.root}; add videos or images (.mp4, .png, ...)")
     sampler = BucketSampler(dataset, d.batch_size, shuffle=True, seed=cfg.seed, drop_last=True,

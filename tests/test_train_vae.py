@@ -129,3 +129,23 @@ def test_a_decoder_only_run_keeps_the_latent_space_and_its_statistics(tmp_path, 
 
     with pytest.raises(UserError, match="vae.train_encoder"):
         vae_config(tmp_path, clips, out="no_init", vae={"train_encoder": False})
+
+
+def test_colour_augment_permutes_each_clips_channels_and_keeps_its_pixels(clips):
+    plain = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], crop="random", spatial_multiple=8)
+    mixed = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], crop="random", spatial_multiple=8,
+                        colour_augment=True)
+    orders = set()
+    for epoch in range(8):
+        plain.set_epoch(epoch)
+        mixed.set_epoch(epoch)
+        a, b = plain[1]["video"], mixed[1]["video"]  # the same window, channels reordered
+        order = next(p for p in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+                     if torch.equal(a[list(p)], b))
+        orders.add(order)
+    assert len(orders) > 2  # it varies with the epoch
+
+    from pipelines.errors import UserError
+
+    with pytest.raises(UserError, match="data.colour_augment"):
+        load_config(None, ["data.root=x", "data.colour_augment=true"])  # a DiT's captions would be wrong

@@ -10,7 +10,9 @@ Reading an item decodes just the frames of one clip: a window of `bucket.frames`
 `random_offset` (so the DiT also sees clips that do not begin at a file's first frame), resized to
 cover the bucket and centre-cropped. Images are clips of `image_frames` frames. A file that fails
 to decode gives `None` (one warning, recorded in `skipped`); `collate` drops it, so a long run never
-dies on one bad file. The randomness of an item depends only on (seed, epoch, index): the same
+dies on one bad file. With `colour_augment` (for VAE training) each item's RGB channels come in
+a random order, so a data set whose saturated colours are rare still shows every hue. The
+randomness of an item depends only on (seed, epoch, index): the same
 batch comes out the same whichever worker reads it, and a resumed run sees the same clips.
 """
 
@@ -97,7 +99,7 @@ class VideoFolder(torch.utils.data.Dataset):
                  buckets: Sequence[Bucket] | None = None, *, max_tokens: int | None = None, base_size: int = 256,
                  aspects: Sequence[float] = DEFAULT_ASPECTS, image_frames: int = 1, random_offset: bool = True,
                  seed: int = 0, captions: str | os.PathLike | None = None, spatial_multiple: int = 16,
-                 temporal_factor: int = 4, crop: str = "center"):
+                 temporal_factor: int = 4, crop: str = "center", colour_augment: bool = False):
         if fps is not None and not fps > 0:
             raise UserError(f"fps must be positive (or None for every frame), got {fps}")
         if seed < 0:
@@ -108,6 +110,7 @@ class VideoFolder(torch.utils.data.Dataset):
         check_frames(image_frames, temporal_factor)
         self.root = Path(root)
         self.crop = crop
+        self.colour_augment = colour_augment
         self.fps = fps
         self.image_frames = image_frames
         self.random_offset = random_offset
@@ -221,6 +224,8 @@ class VideoFolder(torch.utils.data.Dataset):
             warn_skip(path, reason)
             _report_skip(path, reason, epoch, position)
             return None
+        if self.colour_augment:  # drawn last, so the crop and the start do not depend on it
+            frames = np.ascontiguousarray(frames[..., rng.permutation(3)])
         fps = self.source_fps[index]
         return {
             "video": frames_to_tensor(frames)[0],  # (3, T, H, W)
