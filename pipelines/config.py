@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -173,9 +174,13 @@ class TrainConfig:
              "dit.given", "non-negative probabilities that do not all vanish"),
             (self.data.crop in ("center", "random"), "data.crop", "'center' or 'random'"),
             (self.vae.reconstruction in ("l1", "l2"), "vae.reconstruction", "'l1' or 'l2'"),
-            (self.vae.first_frame_weight > 0, "vae.first_frame_weight", "a positive weight (1: like any other frame)"),
-            (self.vae.train_encoder or bool(self.model.init), "vae.train_encoder",
-             "true, or false together with model.init (a trained VAE whose encoder is kept)"),
+            (math.isfinite(self.vae.first_frame_weight) and self.vae.first_frame_weight > 0, "vae.first_frame_weight",
+             "a positive finite weight (1: like any other frame)"),
+            (self.vae.train_encoder or bool(self.model.init and Path(self.model.init).exists()), "vae.train_encoder",
+             "true, or false together with model.init naming a trained VAE folder (whose encoder is kept)"),
+            (self.vae.train_encoder or not self.deepspeed, "vae.train_encoder",
+             "true under DeepSpeed (its checkpoints do not keep frozen weights exactly); train the decoder alone "
+             "without --deepspeed"),
             (self.lora.rank >= 0, "lora.rank", "0 (full fine-tuning) or a positive rank"),
             (not self.data.colour_augment or self.model.kind == "vae", "data.colour_augment",
              "false for a DiT (permuted colours would contradict the captions)"),

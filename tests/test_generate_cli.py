@@ -172,3 +172,6 @@ def test_info_on_a_model_folder_reports_size_flops_and_native_settings(model, ca
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"] > 0 and info["flops_per_step"]["gflops"] > 0
     assert info["model_index"]["_class_name"] == "SpacetimePipeline"
+    given = info["flops_per_step"]
+    assert cli.main(["info", str(model)]) == 0  # no --frames / --size: the model's native clip (9 x 32x32)
+    assert json.loads(capsys.readouterr().out)["flops_per_step"] == given

@@ -129,6 +129,12 @@ def test_a_decoder_only_run_keeps_the_latent_space_and_its_statistics(tmp_path, 
 
     with pytest.raises(UserError, match="vae.train_encoder"):
         vae_config(tmp_path, clips, out="no_init", vae={"train_encoder": False})
+    with pytest.raises(UserError, match="vae.train_encoder"):  # a preset name is no trained encoder
+        vae_config(tmp_path, clips, out="preset", model={"kind": "vae", "init": "tiny"}, vae={"train_encoder": False})
+    whole = vae_config(tmp_path, clips, out="decoder", model={"kind": "vae", "init": str(base / "model")},
+                       vae={"disc_weight": 0.0}, steps=4, save_every=3)
+    with pytest.raises(UserError, match="vae.train_encoder=false"):  # the optimizer holds other weights
+        training.train(whole, resume=run)
 
 
 def test_colour_augment_permutes_each_clips_channels_and_keeps_its_pixels(clips):
@@ -149,3 +155,18 @@ def test_colour_augment_permutes_each_clips_channels_and_keeps_its_pixels(clips)
 
     with pytest.raises(UserError, match="data.colour_augment"):
         load_config(None, ["data.root=x", "data.colour_augment=true"])  # a DiT's captions would be wrong
+
+
+def test_latent_statistics_of_a_colour_augmented_run_are_measured_on_the_true_colours(tmp_path, clips):
+    import shutil
+
+    from vae3d import CausalVideoVAE
+
+    run = training.train(vae_config(tmp_path, clips, out="colour", vae={"disc_weight": 0.0},
+                                    data={"colour_augment": True}, steps=2, save_every=2))
+    stored = CausalVideoVAE.from_pretrained(run / "model").config
+    copy = tmp_path / "copy"
+    shutil.copytree(run / "model", copy)
+    plain = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], crop="random", spatial_multiple=8)
+    mean, std = training.measure_latent_stats(copy, plain)
+    assert stored.latents_mean == pytest.approx(mean, abs=1e-5) and stored.latents_std == pytest.approx(std, abs=1e-5)

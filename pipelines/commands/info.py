@@ -26,10 +26,15 @@ def describe_model_folder(path: Path, frames: int | None, size: str | None) -> d
         from video_dit import describe
 
         width, height = _parse_size(size) if size else (None, None)
+        index_path = path / "model_index.json"
+        index = _read_json(index_path) if index_path.is_file() else None
+        if index is not None:  # a whole model folder: FLOPs at its native clip unless told otherwise
+            frames = frames if frames is not None else index.get("native_frames")
+            if size is None:
+                width, height = index.get("width"), index.get("height")
         described = describe(path, frames=frames, height=height, width=width, pixels=True)
-        index = path / "model_index.json"
-        if index.is_file():  # a whole model folder: its native size, sampling defaults, parts
-            described["model_index"] = _read_json(index)
+        if index is not None:  # its native size, sampling defaults, parts
+            described["model_index"] = index
         return described
     return {"path": str(path), "kind": "model", "class": cls, "config": _read_json(config)}
 
