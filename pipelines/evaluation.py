@@ -31,7 +31,7 @@ from pipelines.toyworld.captions import parse_prompt
 from pipelines.toyworld.photos import HELDOUT_PHOTOS
 from pipelines.toyworld.render import render_scene
 from pipelines.toyworld.scenes import (
-    PAN_CONTENT_DIRECTION, Scene, sample_camera_scene, sample_shape_scene, scene_from_spec, scene_rng,
+    PALETTE, PAN_CONTENT_DIRECTION, Scene, sample_camera_scene, sample_shape_scene, scene_from_spec, scene_rng,
 )
 
 HELDOUT_SEED = 7  # the held-out split's scenes are scene_rng("heldout", HELDOUT_SEED, i)
@@ -156,6 +156,22 @@ class EvalReport:
 # the held-out items
 
 
+def colour_scenes(frames: int = 17, aspect: float = 1.0) -> list[tuple[str, Scene]]:
+    """One scene per palette colour: a circle of that colour moving right on black, for the
+    reconstruction's colour check (not a bar: it says whether a VAE keeps hue)."""
+    return [(name, reference_scene(f"a {name} circle moves to the right on a black background", 0, frames, aspect))
+            for name in PALETTE]
+
+
+def object_colour_error(clip: np.ndarray, out: np.ndarray, colour: tuple[int, int, int]) -> tuple[list[float], float]:
+    """The mean reconstructed colour on the pixels the object covers (where the clip is within 40 of
+    `colour`) and its mean absolute difference from `colour`, in 0-255 levels."""
+    target = np.asarray(colour, dtype=np.float64)
+    covered = np.abs(clip.astype(np.float64) - target).max(axis=-1) <= 40
+    seen = out[covered].astype(np.float64).mean(axis=0)
+    return [float(v) for v in seen], float(np.abs(seen - target).mean())
+
+
 def reconstruction_scenes(frames: int = 17, aspect: float = 1.0) -> tuple[list[Scene], list[Scene]]:
     """(toy-world scenes, camera scenes over the held-out photos) for the VAE bars."""
     toy = [sample_shape_scene(scene_rng("heldout", HELDOUT_SEED, i), frames=frames, aspect=aspect)
@@ -252,6 +268,12 @@ def evaluate(generate_fn: Callable | None = None, animate_fn: Callable | None = 
                 values.append(min(psnr(clip, out), PSNR_CAP))
                 items.setdefault("reconstruction", []).append({"kind": scene.kind, "psnr": values[-1]})
             results[name] = _result(name, float(np.mean(values)), len(values))
+        for name, scene in _limited(colour_scenes(frames, aspect), limit):
+            clip = render_scene(scene, height, width)
+            seen, error = object_colour_error(clip, _checked(reconstruct_fn(clip), clip.shape, "reconstruct_fn"),
+                                              PALETTE[name])
+            items.setdefault("reconstruction_colour", []).append(
+                {"colour": name, "truth": list(PALETTE[name]), "reconstructed": seen, "error": error})
 
     if generate_fn is not None:
         say("prompt adherence")

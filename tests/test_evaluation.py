@@ -35,6 +35,18 @@ def test_ground_truth_passes_every_bar():
     assert "pass" in report.table() and "FAIL" not in report.table()
 
 
+def test_the_colour_check_tells_a_vae_that_keeps_hue_from_one_that_greys_it():
+    def grey(clip):
+        return np.broadcast_to(clip.mean(axis=-1, keepdims=True), clip.shape).round().astype(np.uint8)
+
+    exact = evaluate(reconstruct_fn=lambda clip: clip.copy(), limit=3).items["reconstruction_colour"]
+    greyed = evaluate(reconstruct_fn=grey, limit=3).items["reconstruction_colour"]
+    assert [c["colour"] for c in exact] == ["red", "orange", "yellow"]
+    assert max(c["error"] for c in exact) < 2  # only anti-aliased edge pixels differ
+    assert min(c["error"] for c in greyed) > 40
+    assert greyed[0]["truth"] == [230, 30, 30] and greyed[0]["reconstructed"][0] < 150
+
+
 def test_noise_fails_and_drift_is_caught():
     rng = np.random.default_rng(0)
 
@@ -93,5 +105,6 @@ def test_eval_command_on_a_tiny_model(tmp_path, capsys):
     status = command.run(args)
     table = capsys.readouterr().out
     # a random tiny model is measured on every bar (and, untrained, fails the bars it should)
-    assert table.count("\n") == 8 and "skipped" not in table  # header, rule, six bars
+    assert table.count("\n") == 9 and "skipped" not in table  # header, rule, six bars, the colour check
+    assert "VAE colour error on objects" in table.splitlines()[-1]
     assert "FAIL" in table and status == 1

@@ -88,4 +88,9 @@ def run(args) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.table())
+        colours = report.items.get("reconstruction_colour")
+        if colours:  # not a bar: whether the VAE keeps hue (0 is exact; a VAE that greys colours scores 60-90)
+            mean = sum(c["error"] for c in colours) / len(colours)
+            print(f"VAE colour error on objects: {mean:.1f} of 255 "
+                  f"(mean over {len(colours)} palette colours; --json lists each)")
     return 1 if args.check and not report.passed else 0
