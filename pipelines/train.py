@@ -416,7 +416,7 @@ def load_checkpoint(folder: Path, engine: Engine, ema: ShardedEMA | None, genera
         raise UserError(f"{folder} was written by {state['world_size']} process(es); resume it with "
                         f"--nproc {state['world_size']} (this run has {world.world_size})")
     saved = state.get("config", {}).get("vae", {}).get("train_encoder", True)
-    if task is not None and isinstance(task, VAETask) and saved != task.cfg.vae.train_encoder:
+    if isinstance(task, VAETask) and saved != task.cfg.vae.train_encoder:
         raise UserError(f"{folder} was trained with vae.train_encoder={str(saved).lower()}; resume it with the "
                         f"same setting (it decides which weights the optimizer holds)")
     engine.load(folder)
@@ -728,11 +728,12 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                           adapter=out / "lora" if cfg.lora.rank else None)
         if cfg.model.kind == "dit" and Path(cfg.model.vae).exists():
             write_model_folder(cfg, out / "model", out / "pipeline")
-        if cfg.model.kind == "vae" and cfg.vae.train_encoder:
-            dataset.colour_augment = False  # the statistics of the clips as they are, as the DiT will see them
-            measure_latent_stats(out / "model", dataset, device=world.device)
-            print(f"latent statistics measured and stored in {out / 'model' / 'config.json'}", flush=True)
-        elif cfg.model.kind == "vae":
-            print(f"the encoder was kept: {out / 'model'} has {cfg.model.init}'s latent statistics", flush=True)
+        if cfg.model.kind == "vae":
+            if cfg.vae.train_encoder:
+                dataset.colour_augment = False  # the statistics of the clips as they are, as the DiT sees them
+                measure_latent_stats(out / "model", dataset, device=world.device)
+                print(f"latent statistics measured and stored in {out / 'model' / 'config.json'}", flush=True)
+            else:
+                print(f"the encoder was kept: {out / 'model'} has {cfg.model.init}'s latent statistics", flush=True)
     distributed.barrier(world)
     return out

@@ -96,7 +96,7 @@ class VAELoss(nn.Module):
     def _reconstruction(self, video: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
         diff = reconstruction.float() - video.float()
         error = diff.abs() if self.reconstruction == "l1" else diff.square()
-        if self.first_frame_weight == 1.0 or video.shape[2] == 1:
+        if self.first_frame_weight == 1.0:
             return error.mean()
         per_frame = error.mean(dim=(0, 1, 3, 4))  # (T,)
         weights = torch.ones_like(per_frame)
