@@ -86,6 +86,11 @@ class Task:
     def load(self, folder: Path) -> None:
         """Restore the task's own state from a checkpoint folder."""
 
+    def start(self, dataset) -> str | None:
+        """Called once before the first step of a new run (not a resumed one), with the training
+        data; returns a line for the log, or None."""
+        return None
+
 
 class DiTTask(Task):
     """Rectified-flow training of a VideoDiT on VAE latents (from pixels on the fly, or a latent cache)."""
@@ -169,6 +174,9 @@ class DiTTask(Task):
         return self.vae.decode_latents(latents)
 
 
+SHORTCUT_FIT_CLIPS = 256  # clips a new VAE's linear shortcut is fitted to
+
+
 class VAETask(Task):
     """Training of a CausalVideoVAE: reconstruction + KL (+ adversarial loss after a warm-up).
 
@@ -190,8 +198,10 @@ class VAETask(Task):
             self.model = CausalVideoVAE(**{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
         self.model.to(self.device)
         if not cfg.vae.train_encoder:  # the latent space stays as it is: only the decoder side learns
-            for part in (self.model.encoder, self.model.quant_conv):
-                part.requires_grad_(False)
+            shortcut = self.model.shortcut
+            for part in (self.model.encoder, self.model.quant_conv, shortcut.encode_map if shortcut else None):
+                if part is not None:
+                    part.requires_grad_(False)
         self.criterion = VAELoss(reconstruction=cfg.vae.reconstruction, kl_weight=cfg.vae.kl_weight,
                                  disc_weight=cfg.vae.disc_weight, disc_start=cfg.vae.disc_start,
                                  first_frame_weight=cfg.vae.first_frame_weight).to(self.device)
@@ -206,6 +216,17 @@ class VAETask(Task):
             constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
             self.disc = Engine(disc, optimizer, constant, world, cfg.optim.grad_clip, cfg.optim.grad_accum,
                                name="discriminator")
+
+    def start(self, dataset) -> str | None:
+        """A new VAE with a linear shortcut starts as the principal-component code of up to
+        SHORTCUT_FIT_CLIPS training clips, spread evenly over the data (every rank the same ones)."""
+        if self.model.shortcut is None or self.cfg.model.init:
+            return None
+        picks = np.unique(np.linspace(0, len(dataset) - 1, min(SHORTCUT_FIT_CLIPS, len(dataset))).astype(int))
+        items = (dataset[int(i)] for i in picks)
+        kept = self.model.fit_linear_shortcut(item["video"] for item in items if item is not None)
+        return (f"linear shortcut fitted to {len(picks)} clips: the principal-component code keeps "
+                f"{100 * float(kept):.1f}% of the pixel variance")
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
         video = batch["video"].to(self.device)
@@ -642,6 +663,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
     torch.manual_seed(cfg.seed)
     task = DiTTask(cfg, world) if cfg.model.kind == "dit" else VAETask(cfg, world)
     dataset, sampler, loader = make_data(cfg, world, task.spatial_multiple, task.temporal_factor)
+    started = task.start(dataset) if checkpoint is None else None  # before the optimizer and EMA copy weights
     module = task.model
     if cfg.gradient_checkpointing:
         module.enable_gradient_checkpointing()
@@ -679,6 +701,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                    f"{len(dataset)} clips, {len(sampler)} batches per epoch per rank, {world.world_size} process(es), "
                    f"{'DeepSpeed ZeRO-' + str(engine.stage) if ds_config else 'plain PyTorch'}"
                    + (f", resumed at step {step}" if step else ""))
+    if started:
+        logger.message(started)
     batches = forever(loader, dataset)
     end = min(cfg.steps, stop_at) if stop_at else cfg.steps
     clips, tic = 0, time.perf_counter()

@@ -137,6 +137,25 @@ def test_a_decoder_only_run_keeps_the_latent_space_and_its_statistics(tmp_path, 
         training.train(whole, resume=run)
 
 
+def test_a_new_vae_with_a_linear_shortcut_starts_as_the_code_fitted_to_its_clips(tmp_path, clips, capfd):
+    from vae3d import CausalVideoVAE
+
+    model = {"kind": "vae", "preset": "tiny", "args": {"linear_shortcut": True}}
+    cfg = vae_config(tmp_path, clips, out="pca", model=model, vae={"disc_weight": 0.0}, steps=2, save_every=1,
+                     optim={"lr": 1e-12, "warmup_steps": 1}, ema_decay=0.0)
+    run = training.train(cfg, stop_at=1)  # one step of a negligible rate: the weights are the fit
+    assert "linear shortcut fitted to 4 clips" in capfd.readouterr().out
+    training.export_checkpoint(run / "checkpoints" / "step_00000001", tmp_path / "step1", use_ema=False)
+    vae = CausalVideoVAE.from_pretrained(tmp_path / "step1")
+    v = vae.shortcut.decode_map.weight  # (block, 16): orthonormal principal directions
+    assert torch.allclose(v.T @ v, torch.eye(16), atol=1e-4)
+    assert torch.allclose(vae.shortcut.encode_map.weight, v.T, atol=1e-6)
+    assert vae.decoder.conv_out.weight.abs().max() < 1e-6  # the convolutions start from zero output
+    assert min(vae.config.latents_std) > 0
+    training.train(cfg, resume=run)  # a resumed run keeps its weights: nothing is fitted again
+    assert "linear shortcut fitted" not in capfd.readouterr().out
+
+
 def test_colour_augment_permutes_each_clips_channels_and_keeps_its_pixels(clips):
     plain = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], crop="random", spatial_multiple=8)
     mixed = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], crop="random", spatial_multiple=8,

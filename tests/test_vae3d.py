@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,10 +16,11 @@ CHUNK_TOL = 1e-4  # chunked vs one pass, fp32 (the issue's bound)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def vae() -> CausalVideoVAE:
+@pytest.fixture(scope="module", params=[False, True], ids=["conv", "shortcut"])
+def vae(request) -> CausalVideoVAE:
+    """The tiny VAE, plain and with a (random) linear shortcut: every property below holds for both."""
     torch.manual_seed(0)
-    return CausalVideoVAE(**PRESETS["tiny"]).eval()
+    return CausalVideoVAE(**PRESETS["tiny"], linear_shortcut=request.param).eval()
 
 
 def video(frames=9, height=32, width=48, seed=0, batch=1) -> torch.Tensor:
@@ -102,9 +104,10 @@ def test_decoder_is_causal(vae, j):
 # ---- chunked == full ----------------------------------------------------------------------------------
 
 
-def test_chunked_encode_and_decode_equal_one_pass():
+@pytest.mark.parametrize("shortcut", [False, True])
+def test_chunked_encode_and_decode_equal_one_pass(shortcut):
     torch.manual_seed(1)
-    vae = CausalVideoVAE(**PRESETS["tiny"]).eval()
+    vae = CausalVideoVAE(**PRESETS["tiny"], linear_shortcut=shortcut).eval()
     x = video(17, 16, 24)
     with torch.no_grad():
         full_moments = vae._encode_chunk(x)  # one pass over the whole clip
@@ -180,6 +183,57 @@ def test_tile_blending_weights_sum_to_one_in_overlaps():
         total[s:s + 40] += ramp(40, s, 100, 10)
     assert torch.allclose(total, torch.ones(100))  # ramps of two neighbours add up to 1 across the overlap
     assert ramp(40, 0, 40, 10).eq(1).all()  # a lone tile is not faded at the frame edges
+
+
+# ---- the linear shortcut ---------------------------------------------------------------------------------
+
+
+def _pca_round_trip(fit: list[torch.Tensor], x: torch.Tensor, k: int, s: int, t: int) -> torch.Tensor:
+    """The principal-component code written out with numpy: blocks of t frames x s x s pixels
+    (frame 0 as t copies of itself, back as the mean of its block), top-k components."""
+    def blocks(v):  # (3, T, H, W) -> (N, D)
+        v = np.concatenate([np.repeat(v[:, :1], t, axis=1), v[:, 1:]], axis=1)
+        c, T, H, W = v.shape
+        v = v.reshape(c, T // t, t, H // s, s, W // s, s).transpose(1, 3, 5, 0, 2, 4, 6)
+        return v.reshape(-1, c * t * s * s), (T // t, H // s, W // s)
+
+    data = np.concatenate([blocks(v.double().numpy())[0] for v in fit])
+    mean = data.mean(0)
+    top = np.linalg.svd(data - mean, full_matrices=False)[2][:k].T
+    b, (nt, nh, nw) = blocks(x.double().numpy())
+    r = ((b - mean) @ top @ top.T + mean).reshape(nt, nh, nw, 3, t, s, s).transpose(3, 0, 4, 1, 5, 2, 6)
+    r = r.reshape(3, nt * t, nh * s, nw * s)
+    return torch.from_numpy(np.concatenate([r[:, :t].mean(1, keepdims=True), r[:, t:]], axis=1)).float()
+
+
+def test_a_fitted_linear_shortcut_starts_the_vae_as_the_principal_component_code():
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**PRESETS["tiny"], linear_shortcut=True).eval()  # blocks of 4 x 8 x 8 pixels
+    fit = [torch.from_numpy(moving_square(9, 32, 48, seed=i)).permute(3, 0, 1, 2).float() / 127.5 - 1
+           for i in range(6)]
+    kept = vae.fit_linear_shortcut(iter(fit))  # any iterable of clips; a generator in training
+    assert 0.5 < float(kept) <= 1.0
+    x = clip_tensor(9, 32, 48)
+    expected = _pca_round_trip(fit, x[0], 16, 8, 4).clamp(-1, 1)
+    assert (vae.decode(vae.encode(x).mean)[0] - expected).abs().max() < 1e-4  # the conv paths add nothing yet
+    # latents of the fitted clips come out centred with unit variance, the posterior's noise at 1%
+    posterior = vae.encode(torch.stack(fit))
+    z = vae.normalize_latents(posterior.mean).transpose(0, 1).flatten(1)
+    assert z.mean(1).abs().max() < 1e-3 and (z.std(1, unbiased=False) - 1).abs().max() < 1e-3
+    assert torch.allclose(posterior.std / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1),
+                          torch.full_like(posterior.std, 0.01), rtol=1e-4)
+    # the zeroed last layers still learn: the convolutional paths get gradients from the first step
+    reconstruction, post = vae(x, sample_posterior=False)
+    (reconstruction - x).abs().mean().backward()
+    assert vae.decoder.conv_out.weight.grad.abs().sum() > 0
+    assert vae.encoder.conv_out.weight.grad.abs().sum() > 0
+
+
+def test_fitting_needs_a_shortcut_and_enough_pixel_blocks():
+    with pytest.raises(ValueError, match="no linear shortcut"):
+        CausalVideoVAE(**PRESETS["tiny"]).fit_linear_shortcut([video(5, 16, 16)[0]])
+    with pytest.raises(ValueError, match="more than 16 pixel blocks"):
+        CausalVideoVAE(**PRESETS["tiny"], linear_shortcut=True).fit_linear_shortcut([video(5, 16, 16)[0]])
 
 
 # ---- latents scaling, save / load ------------------------------------------------------------------------

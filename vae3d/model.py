@@ -327,6 +327,56 @@ class Upsample(nn.Module):
         return rearrange(frames, "(b t) c h w -> b c t h w", b=b)
 
 
+class LinearShortcut(nn.Module):
+    """A linear code beside the convolutional network: each latent cell's block of pixels
+    (`temporal` frames x `spatial` x `spatial` pixels x C) maps to its latent channels through one
+    matrix, and back through another; both results are added to the network's (the encoder's
+    latent means, the decoder's pixels).
+
+    Frame 0 has a latent frame of its own: it enters as a block of `temporal` copies of itself,
+    and comes back as the mean of its block's frames. Each block is one latent cell, so the
+    shortcut is causal and exact under chunking and tiling. `CausalVideoVAE.fit_linear_shortcut`
+    sets both matrices to the principal components of training clips, so that a new VAE starts as
+    the best linear code of its size and the convolutions learn what that code misses.
+    """
+
+    def __init__(self, channels: int, latent_channels: int, spatial: int, temporal: int):
+        super().__init__()
+        self.spatial, self.temporal = spatial, temporal
+        block = channels * temporal * spatial * spatial
+        self.encode_map = nn.Linear(block, latent_channels)
+        self.decode_map = nn.Linear(latent_channels, block)
+
+    def _starts_clip(self, cache: Cache | None, key: nn.Module) -> bool:
+        starts = cache is None or key not in cache
+        if cache is not None:
+            cache[key] = True
+        return starts
+
+    def blocks(self, x: torch.Tensor, starts_clip: bool = True) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, T', H/s, W/s, C * t * s * s), frame 0 repeated into a block of
+        its own when the clip starts here."""
+        if starts_clip:
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.temporal, -1, -1), x[:, :, 1:]], dim=2)
+        return rearrange(x, "b c (t a) (h p) (w q) -> b t h w (c a p q)", a=self.temporal, p=self.spatial,
+                         q=self.spatial)
+
+    def encode(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        # x: (B, C, T, H, W) -> (B, z, T', H/s, W/s)
+        code = self.encode_map(self.blocks(x, self._starts_clip(cache, self.encode_map)))
+        return rearrange(code, "b t h w z -> b z t h w")
+
+    def decode(self, z: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        # z: (B, z, T', h, w) -> (B, C, T, h * s, w * s); T = 1 + t * (T' - 1) at the clip's start
+        pixels = self.decode_map(rearrange(z, "b z t h w -> b t h w z"))
+        pixels = rearrange(pixels, "b t h w (c a p q) -> b c (t a) (h p) (w q)", a=self.temporal, p=self.spatial,
+                           q=self.spatial)
+        if self._starts_clip(cache, self.decode_map):
+            pixels = torch.cat([pixels[:, :, :self.temporal].mean(dim=2, keepdim=True), pixels[:, :, self.temporal:]],
+                               dim=2)
+        return pixels
+
+
 # ------------------------------------------------------------------------------------------------
 # Encoder and decoder
 # ------------------------------------------------------------------------------------------------
@@ -409,6 +459,8 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         norm_eps: epsilon of the RMS norms.
         latents_mean, latents_std: per-channel statistics of raw latents, so that
             `(raw - mean) / std` is about unit variance for the DiT; None means 0 and 1.
+        linear_shortcut: a linear code of each latent cell's pixels added to both ends of the
+            network (`LinearShortcut`); start it with `fit_linear_shortcut`.
     """
 
     _supports_gradient_checkpointing = False
@@ -427,6 +479,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         norm_eps: float = 1e-6,
         latents_mean: list[float] | None = None,
         latents_std: list[float] | None = None,
+        linear_shortcut: bool = False,
     ):
         super().__init__()
         levels = len(channel_multipliers)
@@ -447,6 +500,8 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
                                temporal_downsample[::-1], in_channels, mid_attention, norm_eps)
         self.spatial_factor = 2 ** sum(bool(f) for f in spatial_downsample)
         self.temporal_factor = 2 ** sum(bool(f) for f in temporal_downsample)
+        self.shortcut = LinearShortcut(in_channels, latent_channels, self.spatial_factor,
+                                       self.temporal_factor) if linear_shortcut else None
         for module in self.modules():  # the layout oneDNN computes in; see conv()
             if isinstance(module, (nn.Conv2d, nn.Conv3d)):
                 module.weight.data = channels_last(module.weight.data)
@@ -554,12 +609,58 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
     def _encode_chunk(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """Moments (B, 2z, t, h, w) for pixel frames x, continuing the clip held in `cache`."""
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        return self.quant_conv(self.encoder(x, cache))
+        moments = self.quant_conv(self.encoder(x, cache))
+        if self.shortcut is None:
+            return moments
+        mean, logvar = moments.chunk(2, dim=1)
+        return torch.cat([mean + self.shortcut.encode(x, cache), logvar], dim=1)
 
     def _decode_chunk(self, raw: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """Pixels (B, 3, T, H, W), unclamped, for raw latent frames, continuing the clip in `cache`."""
         raw = raw.contiguous(memory_format=torch.channels_last_3d)
-        return self.decoder(self.post_quant_conv(raw), cache)
+        pixels = self.decoder(self.post_quant_conv(raw), cache)
+        return pixels if self.shortcut is None else pixels + self.shortcut.decode(raw, cache)
+
+    @torch.no_grad()
+    def fit_linear_shortcut(self, videos, noise: float = 0.01) -> torch.Tensor:
+        """Start a new VAE as the principal-component code of `videos` (an iterable of clips
+        (3, T, H, W) or batches (B, 3, T, H, W) in [-1, 1], 1 + 4k frames, sizes that are
+        multiples of spatial_factor): the shortcut's matrices become the top `latent_channels`
+        components of the clips' pixel blocks, the convolutional paths' last layers start at zero
+        (so the model's output is exactly the linear code's), the posterior's noise starts at
+        `noise` times each component's spread, and the latent statistics are the components'.
+        Returns the share of the blocks' variance the code keeps."""
+        if self.shortcut is None:
+            raise ValueError("this VAE has no linear shortcut; build it with linear_shortcut=True")
+        total, count, moment = None, 0, None
+        for video in videos:
+            video = torch.as_tensor(video, dtype=torch.float32)
+            video = video[None] if video.dim() == 4 else video
+            self.check_video(video)
+            blocks = self.shortcut.blocks(video.cpu()).flatten(0, 3).double()  # (N, D)
+            total = blocks.sum(0) if total is None else total + blocks.sum(0)
+            moment = blocks.T @ blocks if moment is None else moment + blocks.T @ blocks
+            count += blocks.shape[0]
+        z = self.config.latent_channels
+        if count <= z:
+            raise ValueError(f"fitting {z} components needs more than {z} pixel blocks, got {count}; pass more clips")
+        mean = total / count
+        variance, vectors = torch.linalg.eigh(moment / count - torch.outer(mean, mean))  # ascending
+        variance, vectors = variance.flip(0).clamp_min(1e-12), vectors.flip(1)
+        top, spread = vectors[:, :z], variance[:z].sqrt()
+        s = self.shortcut
+        device = s.encode_map.weight.device
+        s.encode_map.weight.copy_(top.T.float())
+        s.encode_map.bias.copy_((-top.T @ mean).float())
+        s.decode_map.weight.copy_(top.float())
+        s.decode_map.bias.copy_(mean.float())
+        for layer in (self.encoder.conv_out, self.decoder.conv_out):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        self.quant_conv.bias[:z] = 0.0
+        self.quant_conv.bias[z:] = (2.0 * torch.log(noise * spread)).float().to(device)
+        self.set_latent_stats([0.0] * z, spread.float())
+        return (variance[:z].sum() / variance.sum()).float()
 
     # ---- public API ----------------------------------------------------------------------------
 
@@ -689,9 +790,11 @@ def vae_compact():
     Three levels (24, 48, 96 channels), each transition halving H, W and T, and no attention, so it
     is purely convolutional and trains on small crops. Compressing space only 4x (not 8x) keeps
     detail in small frames (64x64 clips have 16x16 latents), which the default DiT cuts into 4x4 patches.
+    It has a linear shortcut: a new one starts as the principal-component code of its training
+    clips (about 30 dB on toy-world clips before any training) and the convolutions learn the rest.
     """
     return dict(base_channels=24, channel_multipliers=(1, 2, 4), num_res_blocks=1, spatial_downsample=(True, True),
-                temporal_downsample=(True, True), mid_attention=False)
+                temporal_downsample=(True, True), mid_attention=False, linear_shortcut=True)
 
 
 def vae_default():
