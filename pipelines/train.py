@@ -469,7 +469,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
         raise UserError(f"{out} exists; pass --overwrite or choose another folder")
     state = json.loads((folder / "state.json").read_text())
     cfg = from_dict(TrainConfig, state["config"])
-    module = _model_class(state["model_class"]).from_config(state["model_config"])
+    module = _model_class(state["model_class"]).from_config(_model_config(state["model_config"]))
     if cfg.lora.rank:
         module = lora.add_lora(module, cfg.lora)
     if (folder / "model.safetensors").is_file():
@@ -573,8 +573,13 @@ def _model_class(name: str):
     raise UserError(f"checkpoint holds a {name}; expected a VideoDiT or a CausalVideoVAE")
 
 
-def _model_config(module) -> dict:
-    return json.loads(json.dumps(dict(module.config), default=list))
+def _model_config(module_or_config) -> dict:
+    """A model's config as plain JSON values, without diffusers' list of the arguments that were left
+    at their defaults: `from_config` would reset those, undoing what was set after construction (a
+    VAE's latent statistics). Also cleans configs read from checkpoints written with that list."""
+    config = getattr(module_or_config, "config", module_or_config)
+    config = {k: v for k, v in dict(config).items() if k != "_use_default_values"}
+    return json.loads(json.dumps(config, default=list))
 
 
 # ------------------------------------------------------------------------------------------------
