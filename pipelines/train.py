@@ -220,12 +220,18 @@ class VAETask(Task):
     def start(self, dataset) -> str | None:
         """A new VAE with a linear shortcut starts as the principal-component code of up to
         SHORTCUT_FIT_CLIPS training clips, spread evenly over the data (every rank the same ones)."""
-        if self.model.shortcut is None or self.cfg.model.init:
-            return None
+        if self.model.shortcut is None or (self.cfg.model.init and Path(self.cfg.model.init).exists()):
+            return None  # a trained VAE keeps its weights; a preset name given as init is a new VAE
         picks = np.unique(np.linspace(0, len(dataset) - 1, min(SHORTCUT_FIT_CLIPS, len(dataset))).astype(int))
-        items = (dataset[int(i)] for i in picks)
-        kept = self.model.fit_linear_shortcut(item["video"] for item in items if item is not None)
-        return (f"linear shortcut fitted to {len(picks)} clips: the principal-component code keeps "
+        used = []
+        for i in picks:
+            item = dataset[int(i)]
+            if item is not None:  # a skipped (unreadable) clip
+                used.append(item["video"])
+        if not used:
+            raise UserError(f"no readable clip to fit the VAE's linear shortcut to in {self.cfg.data.root}")
+        kept = self.model.fit_linear_shortcut(used)
+        return (f"linear shortcut fitted to {len(used)} clips: the principal-component code keeps "
                 f"{100 * float(kept):.1f}% of the pixel variance")
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -248,6 +254,11 @@ class VAETask(Task):
             self.disc.save(folder)
 
     def load(self, folder: Path) -> None:
+        # the latent statistics are config, not weights: a resumed run takes the checkpoint's (a
+        # fitted shortcut's), so that its later checkpoints export with them too
+        config = json.loads((folder / "state.json").read_text()).get("model_config", {})
+        if config.get("latents_mean") is not None and config.get("latents_std") is not None:
+            self.model.set_latent_stats(config["latents_mean"], config["latents_std"])
         if self.disc is None:
             return
         if self.disc.saved_in(folder):

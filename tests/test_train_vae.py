@@ -112,7 +112,9 @@ def test_a_clip_that_fails_in_a_worker_is_skipped_and_counted_in_the_run_summary
 def test_a_decoder_only_run_keeps_the_latent_space_and_its_statistics(tmp_path, clips):
     from vae3d import CausalVideoVAE
 
-    base = training.train(vae_config(tmp_path, clips, out="base", vae={"disc_weight": 0.0}, steps=2, save_every=2))
+    shortcut = {"kind": "vae", "preset": "tiny", "args": {"linear_shortcut": True}}
+    base = training.train(vae_config(tmp_path, clips, out="base", model=shortcut, vae={"disc_weight": 0.0}, steps=2,
+                                     save_every=2))
     cfg = vae_config(tmp_path, clips, out="decoder", model={"kind": "vae", "init": str(base / "model")},
                      vae={"disc_weight": 0.0, "train_encoder": False, "first_frame_weight": 3.0},
                      steps=3, save_every=3)
@@ -120,7 +122,7 @@ def test_a_decoder_only_run_keeps_the_latent_space_and_its_statistics(tmp_path, 
     before = CausalVideoVAE.from_pretrained(base / "model").state_dict()
     after = CausalVideoVAE.from_pretrained(run / "model")
     for name, value in after.state_dict().items():
-        kept = name.startswith(("encoder.", "quant_conv."))
+        kept = name.startswith(("encoder.", "quant_conv.", "shortcut.encode_map."))
         assert torch.equal(value, before[name]) == kept, name  # the encoder is frozen, the decoder learns
     original = CausalVideoVAE.from_pretrained(base / "model").config
     assert after.config.latents_mean == original.latents_mean and after.config.latents_std == original.latents_std
@@ -142,10 +144,10 @@ def test_a_new_vae_with_a_linear_shortcut_starts_as_the_code_fitted_to_its_clips
 
     model = {"kind": "vae", "preset": "tiny", "args": {"linear_shortcut": True}}
     cfg = vae_config(tmp_path, clips, out="pca", model=model, vae={"disc_weight": 0.0}, steps=2, save_every=1,
-                     optim={"lr": 1e-12, "warmup_steps": 1}, ema_decay=0.0)
+                     optim={"lr": 1e-12, "warmup_steps": 1}, ema_decay=0.9)
     run = training.train(cfg, stop_at=1)  # one step of a negligible rate: the weights are the fit
     assert "linear shortcut fitted to 4 clips" in capfd.readouterr().out
-    training.export_checkpoint(run / "checkpoints" / "step_00000001", tmp_path / "step1", use_ema=False)
+    training.export_checkpoint(run / "checkpoints" / "step_00000001", tmp_path / "step1")  # EMA: fitted too
     vae = CausalVideoVAE.from_pretrained(tmp_path / "step1")
     v = vae.shortcut.decode_map.weight  # (block, 16): orthonormal principal directions
     assert torch.allclose(v.T @ v, torch.eye(16), atol=1e-4)
@@ -154,6 +156,8 @@ def test_a_new_vae_with_a_linear_shortcut_starts_as_the_code_fitted_to_its_clips
     assert min(vae.config.latents_std) > 0
     training.train(cfg, resume=run)  # a resumed run keeps its weights: nothing is fitted again
     assert "linear shortcut fitted" not in capfd.readouterr().out
+    training.export_checkpoint(run / "checkpoints" / "step_00000002", tmp_path / "step2")
+    assert CausalVideoVAE.from_pretrained(tmp_path / "step2").config.latents_std == vae.config.latents_std
 
 
 def test_colour_augment_permutes_each_clips_channels_and_keeps_its_pixels(clips):

@@ -252,9 +252,11 @@ def test_latent_normalization_round_trip(vae, tmp_path):
         scaled.set_latent_stats(torch.zeros(4), torch.ones(4))
 
 
-def test_save_load_round_trip(tmp_path):
+@pytest.mark.parametrize("shortcut", [False, True])
+def test_save_load_round_trip(tmp_path, shortcut):
     torch.manual_seed(3)
-    vae = CausalVideoVAE(**PRESETS["tiny"], latents_mean=[0.1] * 16, latents_std=[2.0] * 16).eval()
+    vae = CausalVideoVAE(**PRESETS["tiny"], latents_mean=[0.1] * 16, latents_std=[2.0] * 16,
+                         linear_shortcut=shortcut).eval()
     x = video(5, 16, 16)
     before = vae.decode_latents(vae.encode_latents(x))
     vae.save_pretrained(tmp_path / "vae")

@@ -632,6 +632,8 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         Returns the share of the blocks' variance the code keeps."""
         if self.shortcut is None:
             raise ValueError("this VAE has no linear shortcut; build it with linear_shortcut=True")
+        if not (math.isfinite(noise) and noise > 0):
+            raise ValueError(f"noise={noise}: the posterior's starting noise must be a positive fraction, e.g. 0.01")
         total, count, moment = None, 0, None
         for video in videos:
             video = torch.as_tensor(video, dtype=torch.float32)
@@ -648,6 +650,7 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
         variance, vectors = torch.linalg.eigh(moment / count - torch.outer(mean, mean))  # ascending
         variance, vectors = variance.flip(0).clamp_min(1e-12), vectors.flip(1)
         top, spread = vectors[:, :z], variance[:z].sqrt()
+        spread = spread.clamp_min(1e-3 * float(spread[0]))  # a component the clips do not use is not blown up
         s = self.shortcut
         device = s.encode_map.weight.device
         s.encode_map.weight.copy_(top.T.float())
