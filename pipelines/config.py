@@ -109,7 +109,8 @@ class VAEConfig:
     sample_posterior: bool = True  # decode a posterior sample (a VAE); false: its mean (an autoencoder with a KL penalty)
     first_frame_weight: float = 1.0  # weight of frame 0's reconstruction error against 1 for every other frame
     #                                  (frame 0 is encoded on its own: it is the still of image-to-video)
-    train_encoder: bool = True  # false: only the decoder trains (needs model.init); the latent space and its
+    train_encoder: bool = True  # false: only the decoder trains (needs model.init, or a new VAE with a linear
+    #                             shortcut, whose fitted code is then the encoder); the latent space and its
     #                             statistics stay as they are, so latents cached for a DiT remain valid
 
 
@@ -176,8 +177,6 @@ class TrainConfig:
             (self.vae.reconstruction in ("l1", "l2"), "vae.reconstruction", "'l1' or 'l2'"),
             (math.isfinite(self.vae.first_frame_weight) and self.vae.first_frame_weight > 0, "vae.first_frame_weight",
              "a positive finite weight (1: like any other frame)"),
-            (self.vae.train_encoder or bool(self.model.init and Path(self.model.init).exists()), "vae.train_encoder",
-             "true, or false together with model.init naming a trained VAE folder (whose encoder is kept)"),
             (self.vae.train_encoder or not self.deepspeed, "vae.train_encoder",
              "true under DeepSpeed (its checkpoints do not keep frozen weights exactly); train the decoder alone "
              "without --deepspeed"),

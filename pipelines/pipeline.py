@@ -57,9 +57,12 @@ NO_DEFAULT_MODEL = (
 )
 
 
-def default_model_path() -> Path:
-    """The model folder shipped inside the package, or a UserError saying that none is installed."""
+def default_model_path(part: str | None = None) -> Path:
+    """The model folder shipped inside the package, or a UserError saying that none is installed.
+    With `part` ("vae"), that part's own folder when it is installed, even before the whole model is."""
     path = Path(__file__).resolve().parent / "default_model"
+    if part is not None and (path / part / "config.json").is_file():
+        return path / part
     if not (path / MODEL_INDEX).is_file():
         raise UserError(NO_DEFAULT_MODEL)
     return path
@@ -765,7 +768,7 @@ def load_part(part: str, spec=None, *, presets: bool = True) -> tuple[torch.nn.M
 
     model_cls, known = (CausalVideoVAE, VAE_PRESETS) if part == "vae" else (VideoDiT, DIT_PRESETS)
     if spec is None:
-        spec = str(default_model_path())
+        spec = str(default_model_path(part))
     if presets and spec in known and not Path(spec).exists():
         with torch.random.fork_rng():
             torch.manual_seed(0)

@@ -197,6 +197,10 @@ class VAETask(Task):
         else:
             self.model = CausalVideoVAE(**{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
         self.model.to(self.device)
+        trained = bool(cfg.model.init and Path(cfg.model.init).exists())
+        if not cfg.vae.train_encoder and not trained and self.model.shortcut is None:
+            raise UserError("vae.train_encoder: false keeps an encoder as it is: name a trained VAE folder in "
+                            "model.init, or use a model with a linear shortcut (its fitted code is the encoder)")
         if not cfg.vae.train_encoder:  # the latent space stays as it is: only the decoder side learns
             shortcut = self.model.shortcut
             for part in (self.model.encoder, self.model.quant_conv, shortcut.encode_map if shortcut else None):

@@ -108,3 +108,22 @@ def test_eval_command_on_a_tiny_model(tmp_path, capsys):
     assert table.count("\n") == 9 and "skipped" not in table  # header, rule, six bars, the colour check
     assert "VAE colour error on objects" in table.splitlines()[-1]
     assert "FAIL" in table and status == 1
+
+
+def test_eval_command_measures_the_installed_vae_alone(capsys):
+    from pipelines.errors import UserError
+
+    command, args = _parse(["--vae", "default", "--limit", "2", "--json"])
+    assert command.run(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    bars = {b["name"]: b for b in report["bars"]}
+    assert report["settings"]["model"].endswith("default_model/vae")
+    # the shipped VAE meets its bars on these items; the generation bars are not measured
+    assert bars["VAE PSNR, toy-world clips"]["value"] >= 29 and bars["VAE PSNR, toy-world clips"]["count"] == 2
+    assert bars["VAE PSNR, camera clips (held-out photos)"]["value"] >= 26
+    assert bars["prompt adherence"]["value"] is None
+    colours = report["items"]["reconstruction_colour"]
+    assert len(colours) == 2 and max(c["error"] for c in colours) < 40  # hue is kept
+    command, args = _parse(["--vae", "default", "--model", "somewhere"])
+    with pytest.raises(UserError, match="one of --model, --vae"):
+        command.run(args)

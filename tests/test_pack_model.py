@@ -41,3 +41,22 @@ def test_packed_model_is_half_the_size_and_generates_like_the_original(tmp_path)
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="not a model folder"):
         load_tool("pack_default_model").pack(tmp_path, tmp_path / "packed")
+
+
+def test_a_vae_folder_packs_alone_and_loads_as_float32_with_its_latent_statistics(tmp_path):
+    from pipelines.pipeline import load_part
+    from vae3d import PRESETS, CausalVideoVAE
+
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**{**PRESETS["tiny"], "linear_shortcut": True})
+    vae.fit_linear_shortcut([torch.rand(3, 9, 32, 32) * 2 - 1 for _ in range(4)])
+    vae.save_pretrained(tmp_path / "vae")
+    report = load_tool("pack_default_model").pack(tmp_path / "vae", tmp_path / "packed")
+    assert report["bytes_after"] < 0.55 * report["bytes_before"]
+    packed, _ = load_part("vae", str(tmp_path / "packed"))
+    assert all(p.dtype == torch.float32 for p in packed.parameters())
+    assert packed.config.latents_std == vae.config.latents_std
+    clip = torch.rand(1, 3, 9, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z0, z1 = vae.eval().encode_latents(clip), packed.encode_latents(clip)
+    assert float((z0 - z1).abs().max()) < 0.02 * float(z0.abs().max())

@@ -129,10 +129,11 @@ def test_a_decoder_only_run_keeps_the_latent_space_and_its_statistics(tmp_path, 
 
     from pipelines.errors import UserError
 
-    with pytest.raises(UserError, match="vae.train_encoder"):
-        vae_config(tmp_path, clips, out="no_init", vae={"train_encoder": False})
+    with pytest.raises(UserError, match="vae.train_encoder"):  # no trained encoder and no shortcut to fit
+        training.train(vae_config(tmp_path, clips, out="no_init", vae={"train_encoder": False}))
     with pytest.raises(UserError, match="vae.train_encoder"):  # a preset name is no trained encoder
-        vae_config(tmp_path, clips, out="preset", model={"kind": "vae", "init": "tiny"}, vae={"train_encoder": False})
+        training.train(vae_config(tmp_path, clips, out="preset", model={"kind": "vae", "init": "tiny"},
+                                  vae={"train_encoder": False}))
     whole = vae_config(tmp_path, clips, out="decoder", model={"kind": "vae", "init": str(base / "model")},
                        vae={"disc_weight": 0.0}, steps=4, save_every=3)
     with pytest.raises(UserError, match="vae.train_encoder=false"):  # the optimizer holds other weights
@@ -193,3 +194,20 @@ def test_latent_statistics_of_a_colour_augmented_run_are_measured_on_the_true_co
     plain = VideoFolder(clips, frames=9, buckets=[Bucket(9, 32, 32)], crop="random", spatial_multiple=8)
     mean, std = training.measure_latent_stats(copy, plain)
     assert stored.latents_mean == pytest.approx(mean, abs=1e-5) and stored.latents_std == pytest.approx(std, abs=1e-5)
+
+
+def test_a_new_decoder_only_vae_keeps_its_fitted_linear_code_as_the_encoder(tmp_path, clips):
+    from vae3d import CausalVideoVAE
+
+    model = {"kind": "vae", "preset": "tiny", "args": {"linear_shortcut": True}}
+    cfg = vae_config(tmp_path, clips, out="fixed", model=model, vae={"disc_weight": 0.0, "train_encoder": False},
+                     steps=3, save_every=1)
+    run = training.train(cfg)
+    fitted = load_file(run / "checkpoints" / "step_00000001" / "model.safetensors")
+    trained = CausalVideoVAE.from_pretrained(run / "model")
+    changed = set()
+    for name, value in trained.state_dict().items():
+        if not torch.equal(value, fitted[name]):
+            changed.add(name.split(".")[0] if not name.startswith("shortcut.") else ".".join(name.split(".")[:2]))
+    assert changed and not changed & {"encoder", "quant_conv", "shortcut.encode_map"}
+    assert trained.config.latents_std is not None  # the fit's statistics, kept

@@ -58,10 +58,17 @@ def test_frames_and_size_options(vae_dir, clip_path, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_without_vae_the_installed_default_vae_reconstructs(clip_path, tmp_path, capsys):
+    assert cli.main(["reconstruct", str(clip_path), "--out", f"{tmp_path / 'o'}/", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["vae"].replace("\\", "/").endswith("pipelines/default_model/vae")
+    assert result["psnr"] > 28  # a moving square on black: the shipped VAE keeps it
+
+
 def test_without_vae_and_without_installed_model(clip_path, tmp_path, capsys, monkeypatch):
     import pipelines.pipeline
 
-    def none_installed():
+    def none_installed(part=None):
         raise UserError("no default model")
 
     monkeypatch.setattr(pipelines.pipeline, "default_model_path", none_installed)

@@ -1,12 +1,16 @@
 """Pack a trained model folder as the default model shipped inside the package.
 
     python tools/pack_default_model.py runs/dit_default/pipeline [--out pipelines/default_model] [--card CARD.md]
+    python tools/pack_default_model.py runs/vae_compact/model --out pipelines/default_model/vae
+
 
 Copies the folder (model_index.json, the vae/ and transformer/ parts, their configs; any other
 part as it is) and stores the vae and transformer weights as float16, which halves what the package
 carries; the pipeline's loader casts them to the model's own dtype (float32), so nothing else
-changes. It refuses weights that are not finite or do not fit float16, and prints the largest
-rounding error. An existing --out is replaced only if it is a model folder. The card, if given, is copied in as README.md.
+changes. A single component's folder (config.json and its weights, such as a trained VAE) is packed
+the same way. It refuses weights that are not finite or do not fit float16, and prints the largest
+rounding error. An existing --out is replaced only if it is a model folder (or holds a part of one, such as
+the default VAE installed before the rest of the default model). The card, if given, is copied in as README.md.
 The result is written beside --out under a temporary name and moved into place when complete.
 """
 
@@ -29,19 +33,25 @@ FP16_MAX = torch.finfo(torch.float16).max
 PARTS = ("vae", "transformer")  # loaded by the pipeline's own loader, which casts to float32
 
 
+def _model_folder(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
+
+
 def pack(src: Path, out: Path, card: Path | None = None) -> dict:
-    if not (src / "model_index.json").is_file():
-        raise SystemExit(f"{src} is not a model folder (no model_index.json); pass RUN/pipeline of a DiT run")
-    if out.exists() and not (out / "model_index.json").is_file():
+    if not _model_folder(src):
+        raise SystemExit(f"{src} is not a model folder (no model_index.json or config.json); pass RUN/pipeline of a "
+                         "DiT run or a VAE's model folder")
+    if out.exists() and not (_model_folder(out) or any((out / p / "config.json").is_file() for p in PARTS)):
         raise SystemExit(f"{out} exists and is not a model folder; refusing to replace it")
+    parts = PARTS if (src / "model_index.json").is_file() else (".",)  # a pipeline, or one component
     tmp = out.with_name(f".tmp_{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors"))
     report = {"tensors": 0, "bytes_before": 0, "bytes_after": 0, "max_rounding_error": 0.0,
               "max_relative_error": 0.0}
     shutil.copytree(src, tmp, dirs_exist_ok=True,  # other parts (a text encoder folder) as they are
-                    ignore=lambda d, names: [n for n in names if Path(d) == src and n in PARTS])
-    for weights in sorted(w for part in PARTS for w in (src / part).glob("*.safetensors")):
+                    ignore=lambda d, names: [n for n in names if Path(d) == src and n in parts])
+    for weights in sorted(w for part in parts for w in (src / part).glob("*.safetensors")):
         tensors = {}
         with safe_open(str(weights), framework="pt") as f:
             metadata = f.metadata()
@@ -72,7 +82,7 @@ def pack(src: Path, out: Path, card: Path | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", type=Path, help="a model folder (RUN/pipeline of a DiT run)")
+    parser.add_argument("model", type=Path, help="a model folder (RUN/pipeline of a DiT run, or one component such as a VAE)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pipelines" / "default_model")
     parser.add_argument("--card", type=Path, default=None, help="a model card (Markdown) to ship as README.md")
     args = parser.parse_args()

@@ -1,7 +1,8 @@
-"""`spacetime eval [--model DIR] [--json]`: measure a model on the held-out toy-world split.
+"""`spacetime eval [--model DIR | --vae DIR] [--json]`: measure a model on the held-out toy-world split.
 
 Runs `pipelines.evaluation.evaluate` with the model's text-to-video, image-to-video, VAE round
 trip and long-video sampler, and prints the table of bars (or, with --json, everything measured).
+`--vae` measures a VAE alone: its reconstruction bars and colour check.
 `--reference` evaluates ground-truth renders instead of a model: a check of the evaluation itself,
 which passes every bar.
 """
@@ -14,6 +15,9 @@ import sys
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default=None, help="a model folder (default: the installed default model)")
+    parser.add_argument("--vae", default=None, metavar="DIR",
+                        help="evaluate only a VAE's reconstruction bars: a VAE folder, a model folder, or "
+                             "'default' for the installed VAE")
     parser.add_argument("--reference", action="store_true",
                         help="evaluate ground-truth renders instead of a model (checks the evaluation)")
     parser.add_argument("--json", action="store_true", help="print everything measured as JSON")
@@ -59,11 +63,19 @@ def run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if sum(x is not None and x is not False for x in (args.model, args.vae, args.reference)) > 1:
+        raise UserError("give one of --model, --vae and --reference")
     if args.reference:
-        if args.model is not None:
-            raise UserError("give --model or --reference, not both")
         frames, height, width = args.frames or 17, args.height or 64, args.width or 64
         callables = reference_callables(frames, height, width)
+        folder = "reference renders"
+    elif args.vae is not None:
+        from pipelines.commands.reconstruct import load_vae, reconstruct
+
+        vae, folder = load_vae(None if args.vae == "default" else args.vae)
+        vae.to(args.device or "cpu").eval().requires_grad_(False)
+        frames, height, width = args.frames or 17, args.height or 64, args.width or 64
+        callables = {"reconstruct_fn": lambda clip: reconstruct(vae, clip, args.device or "cpu")[0]}
     else:
         from pipelines.pipeline import SpacetimePipeline, default_model_path
 
@@ -83,7 +95,7 @@ def run(args) -> int:
         raise UserError(f"--long-factor must be at least 2, got {args.long_factor}")
     report = evaluate(**callables, frames=frames, height=height, width=width, long_factor=args.long_factor,
                       limit=args.limit, progress=progress)
-    report.settings["model"] = "reference renders" if args.reference else str(folder)
+    report.settings["model"] = str(folder)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
