@@ -229,6 +229,32 @@ def test_a_fitted_linear_shortcut_starts_the_vae_as_the_principal_component_code
     assert vae.encoder.conv_out.weight.grad.abs().sum() > 0
 
 
+def test_a_linear_encoder_skips_its_zero_convolutional_path_with_the_same_latents(monkeypatch):
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**PRESETS["tiny"], linear_shortcut=True).eval()
+    vae.fit_linear_shortcut([clip_tensor(9, 32, 32)[0]])
+    x = clip_tensor(13, 32, 48)
+    with torch.no_grad():
+        assert vae.encoder_is_linear()
+        monkeypatch.setattr(vae, "encoder_is_linear", lambda: False)
+        full = vae.encode(x)
+        monkeypatch.undo()
+        monkeypatch.setattr(vae.encoder, "forward", lambda *a, **k: pytest.fail("the zero path was run"))
+        fast = vae.encode(x)
+        vae.set_chunk_sizes(encode_frames=4)  # chunk by chunk: the shortcut alone carries the clip
+        chunked = vae.encode(x)
+        monkeypatch.undo()
+    for other in (fast, chunked):
+        assert other.mean.shape == full.mean.shape == (1, 16, 4, 4, 6)
+        assert torch.equal(other.mean, full.mean) and torch.equal(other.logvar, full.logvar)
+    # while the encoder trains, or once its path is no longer zero, the path runs
+    assert not vae.encoder_is_linear()  # gradients on, weights trainable
+    with torch.no_grad():
+        vae.encoder.conv_out.weight[0, 0, 0, 0, 0] = 1e-3
+        assert not vae.encoder_is_linear()
+    assert not CausalVideoVAE(**PRESETS["tiny"]).encoder_is_linear()
+
+
 def test_fitting_needs_a_shortcut_and_enough_pixel_blocks():
     with pytest.raises(ValueError, match="no linear shortcut"):
         CausalVideoVAE(**PRESETS["tiny"]).fit_linear_shortcut([video(5, 16, 16)[0]])

@@ -606,14 +606,27 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
 
     # ---- the network on one chunk ------------------------------------------------------------
 
+    def encoder_is_linear(self) -> bool:
+        """True when the encoder is its linear shortcut alone: the convolutional path's last layer
+        is zero (as `fit_linear_shortcut` leaves it, and as a decoder-only run keeps it) and is not
+        being trained, so the path adds nothing and encoding can skip it with the same result."""
+        out = self.encoder.conv_out
+        if self.shortcut is None or (torch.is_grad_enabled() and out.weight.requires_grad):
+            return False
+        return not (out.weight.any() or (out.bias is not None and out.bias.any()))
+
     def _encode_chunk(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """Moments (B, 2z, t, h, w) for pixel frames x, continuing the clip held in `cache`."""
         x = x.contiguous(memory_format=torch.channels_last_3d)
-        moments = self.quant_conv(self.encoder(x, cache))
         if self.shortcut is None:
-            return moments
-        mean, logvar = moments.chunk(2, dim=1)
-        return torch.cat([mean + self.shortcut.encode(x, cache), logvar], dim=1)
+            return self.quant_conv(self.encoder(x, cache))
+        code = self.shortcut.encode(x, cache)
+        if self.encoder_is_linear():  # the path's output is zero, so quant_conv gives its bias
+            bias = self.quant_conv.bias.to(code.dtype).view(1, -1, 1, 1, 1)
+            mean, logvar = bias.chunk(2, dim=1)
+            return torch.cat([mean + code, logvar.expand_as(code)], dim=1)
+        mean, logvar = self.quant_conv(self.encoder(x, cache)).chunk(2, dim=1)
+        return torch.cat([mean + code, logvar], dim=1)
 
     def _decode_chunk(self, raw: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         """Pixels (B, 3, T, H, W), unclamped, for raw latent frames, continuing the clip in `cache`."""
