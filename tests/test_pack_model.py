@@ -60,3 +60,32 @@ def test_a_vae_folder_packs_alone_and_loads_as_float32_with_its_latent_statistic
     with torch.no_grad():
         z0, z1 = vae.eval().encode_latents(clip), packed.encode_latents(clip)
     assert float((z0 - z1).abs().max()) < 0.02 * float(z0.abs().max())
+
+
+def test_a_pipeline_ships_a_vae_of_the_same_latent_space_in_place_of_its_own(tmp_path):
+    from pipelines.pipeline import load_part
+    from vae3d import CausalVideoVAE
+
+    src = tmp_path / "model"
+    save_tiny_model(src)
+    pack = load_tool("pack_default_model").pack
+    vae = CausalVideoVAE.from_pretrained(src / "vae")
+    with torch.no_grad():  # a decoder trained on: the same encoder, another decoder
+        vae.decoder.conv_out.weight.mul_(-1.0)
+    vae.save_pretrained(tmp_path / "decoder_trained")
+    pack(src, tmp_path / "packed", vae=tmp_path / "decoder_trained")
+    packed, _ = load_part("vae", str(tmp_path / "packed"))
+    assert torch.allclose(packed.decoder.conv_out.weight, vae.decoder.conv_out.weight, atol=1e-3)
+    assert torch.equal(load_part("transformer", str(tmp_path / "packed"))[0].patch_embedding.weight,
+                       load_part("transformer", str(src))[0].patch_embedding.weight.half().float())
+
+    with torch.no_grad():  # another encoder: the DiT would not understand its latents
+        vae.encoder.conv_in.weight.add_(0.01)
+    vae.save_pretrained(tmp_path / "other_encoder")
+    with pytest.raises(SystemExit, match=r"encoder differs .*\(encoder\.conv_in\.weight\)"):
+        pack(src, tmp_path / "packed2", vae=tmp_path / "other_encoder")
+    vae.register_to_config(latents_std=[2.0] * vae.config.latent_channels)
+    vae.save_pretrained(tmp_path / "other_stats")
+    with pytest.raises(SystemExit, match=r"config differs .*\(latents_std\)"):
+        pack(src, tmp_path / "packed2", vae=tmp_path / "other_stats")
+    assert not (tmp_path / "packed2").exists()

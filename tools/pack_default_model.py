@@ -2,6 +2,7 @@
 
     python tools/pack_default_model.py runs/dit_default/pipeline [--out pipelines/default_model] [--card CARD.md]
     python tools/pack_default_model.py runs/vae_compact/model --out pipelines/default_model/vae
+    python tools/pack_default_model.py runs/dit_default/pipeline --vae runs/vae_compact/model
 
 
 Copies the folder (model_index.json, the vae/ and transformer/ parts, their configs; any other
@@ -11,12 +12,16 @@ changes. A single component's folder (config.json and its weights, such as a tra
 the same way. It refuses weights that are not finite or do not fit float16, and prints the largest
 rounding error. An existing --out is replaced only if it is a model folder (or holds a part of one, such as
 the default VAE installed before the rest of the default model). The card, if given, is copied in as README.md.
+--vae ships another VAE in place of the pipeline's own: one with the same latent space (the same
+config and the same encoder weights), such as a decoder trained on after the DiT's latents were cached
+with vae.train_encoder: false. Any other VAE is refused, since the DiT would not understand its latents.
 The result is written beside --out under a temporary name and moved into place when complete.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -30,6 +35,7 @@ from pipelines.train import replace_folder
 FP16_MAX = torch.finfo(torch.float16).max
 
 
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 PARTS = ("vae", "transformer")  # loaded by the pipeline's own loader, which casts to float32
 
 
@@ -37,13 +43,45 @@ def _model_folder(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
-def pack(src: Path, out: Path, card: Path | None = None) -> dict:
+ENCODING = ("encoder.", "quant_conv.", "shortcut.encode_map.")  # the weights that make a VAE's latents
+
+
+def _same_latent_space(ours: Path, theirs: Path) -> None:
+    """SystemExit unless VAE folder `theirs` encodes exactly as `ours` does."""
+    if not (theirs / "config.json").is_file():
+        raise SystemExit(f"--vae {theirs}: not a VAE folder (no config.json)")
+    configs = [{k: v for k, v in json.loads((d / "config.json").read_text()).items() if not k.startswith("_")}
+               for d in (ours, theirs)]
+    if configs[0] != configs[1]:
+        keys = sorted(k for k in configs[0].keys() | configs[1].keys() if configs[0].get(k) != configs[1].get(k))
+        raise SystemExit(f"--vae {theirs}: its config differs from the model's VAE ({', '.join(keys)}); "
+                         "ship a VAE with the DiT's latent space")
+    tensors = []
+    for folder in (ours, theirs):
+        if not (folder / WEIGHTS).is_file():
+            raise SystemExit(f"{folder}: no {WEIGHTS} in this VAE folder")
+        with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+            tensors.append({k: f.get_tensor(k).float() for k in f.keys() if k.startswith(ENCODING)})
+    for key in sorted(tensors[0].keys() | tensors[1].keys()):
+        a, b = tensors[0].get(key), tensors[1].get(key)
+        if a is None or b is None or a.shape != b.shape or not torch.equal(a, b):
+            raise SystemExit(f"--vae {theirs}: its encoder differs from the one the DiT's latents were made with "
+                             f"({key}); ship a VAE trained from it with vae.train_encoder: false")
+
+
+def pack(src: Path, out: Path, card: Path | None = None, vae: Path | None = None) -> dict:
     if not _model_folder(src):
         raise SystemExit(f"{src} is not a model folder (no model_index.json or config.json); pass RUN/pipeline of a "
                          "DiT run or a VAE's model folder")
     if out.exists() and not (_model_folder(out) or any((out / p / "config.json").is_file() for p in PARTS)):
         raise SystemExit(f"{out} exists and is not a model folder; refusing to replace it")
     parts = PARTS if (src / "model_index.json").is_file() else (".",)  # a pipeline, or one component
+    sources = {part: src / part for part in parts}
+    if vae is not None:
+        if "vae" not in parts:
+            raise SystemExit(f"--vae replaces a pipeline's VAE; {src} is a single component")
+        _same_latent_space(src / "vae", vae)
+        sources["vae"] = vae
     tmp = out.with_name(f".tmp_{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -51,7 +89,9 @@ def pack(src: Path, out: Path, card: Path | None = None) -> dict:
               "max_relative_error": 0.0}
     shutil.copytree(src, tmp, dirs_exist_ok=True,  # other parts (a text encoder folder) as they are
                     ignore=lambda d, names: [n for n in names if Path(d) == src and n in parts])
-    for weights in sorted(w for part in parts for w in (src / part).glob("*.safetensors")):
+    if vae is not None:
+        shutil.copyfile(vae / "config.json", tmp / "vae" / "config.json")
+    for part, weights in sorted((part, w) for part in parts for w in sources[part].glob("*.safetensors")):
         tensors = {}
         with safe_open(str(weights), framework="pt") as f:
             metadata = f.metadata()
@@ -72,7 +112,7 @@ def pack(src: Path, out: Path, card: Path | None = None) -> dict:
                 tensors[key] = t.contiguous()
                 report["bytes_after"] += t.numel() * t.element_size()
                 report["tensors"] += 1
-        target = tmp / weights.relative_to(src)
+        target = tmp / part / weights.name
         save_file(tensors, str(target), metadata=metadata)
     if card is not None:
         shutil.copyfile(card, tmp / "README.md")
@@ -85,8 +125,10 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="a model folder (RUN/pipeline of a DiT run, or one component such as a VAE)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "pipelines" / "default_model")
     parser.add_argument("--card", type=Path, default=None, help="a model card (Markdown) to ship as README.md")
+    parser.add_argument("--vae", type=Path, default=None,
+                        help="a VAE folder to ship in place of the pipeline's (same config and encoder weights)")
     args = parser.parse_args()
-    r = pack(args.model, args.out, args.card)
+    r = pack(args.model, args.out, args.card, args.vae)
     print(f"packed {r['tensors']} tensors into {args.out}: {r['bytes_before'] / 1e6:.1f} MB -> "
           f"{r['bytes_after'] / 1e6:.1f} MB, largest float16 rounding error {r['max_rounding_error']:.2e} "
           f"(relative, for weights above 1e-4: {r['max_relative_error']:.2e})",
