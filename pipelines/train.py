@@ -503,6 +503,21 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
     return save_pretrained_atomically(module, out)
 
 
+def export_pipeline(checkpoint: str | os.PathLike, dit_folder: str | os.PathLike, out: str | os.PathLike,
+                    overwrite: bool = False) -> Path:
+    """A complete model folder (as `RUN/pipeline/` at the end of a run) from a DiT checkpoint's run
+    settings and its exported weights in `dit_folder`, so that any checkpoint can be sampled."""
+    state = json.loads((find_checkpoint(checkpoint) / "state.json").read_text())
+    cfg = from_dict(TrainConfig, state["config"])
+    if cfg.model.kind != "dit" or not cfg.model.vae or not Path(cfg.model.vae).exists():
+        raise UserError(f"--pipeline needs a DiT checkpoint whose run names a VAE folder in model.vae; "
+                        f"{checkpoint} is a {cfg.model.kind} run with model.vae={cfg.model.vae!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite or choose another folder")
+    return write_model_folder(cfg, Path(dit_folder), out)
+
+
 def measure_latent_stats(vae_folder: Path, dataset, max_clips: int = 256,
                          device: torch.device | str = "cpu") -> tuple[list[float], list[float]]:
     """Per-channel mean and std of a trained VAE's raw latents (posterior means) over up to

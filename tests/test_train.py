@@ -147,3 +147,13 @@ def test_a_dit_trained_with_a_vae_folder_yields_a_model_folder_that_generates(tm
     pipe.set_progress_bar_config(disable=True)
     out = pipe("a red square", num_inference_steps=1, generator=torch.Generator().manual_seed(0), guidance_scale=1.0)
     assert out.frames[0].shape == (9, 32, 32, 3)
+    # any checkpoint of the run exports as a model folder too, with the same settings
+    checkpoint = run / "checkpoints" / "step_00000002"
+    code, err = cli("train", "--export", checkpoint, "--out", tmp_path / "dit", "--pipeline", tmp_path / "model")
+    assert code == 0, err
+    again = SpacetimePipeline.from_pretrained(tmp_path / "model")
+    assert dict(again.config) == dict(pipe.config)
+    assert again("a red square", num_inference_steps=1, generator=torch.Generator().manual_seed(0),
+                 guidance_scale=1.0).frames[0].tolist() == out.frames[0].tolist()
+    code, err = cli("train", "--export", checkpoint, "--out", tmp_path / "dit", "--pipeline", tmp_path / "model")
+    assert code == 2 and "exists; pass --overwrite" in err

@@ -5,6 +5,7 @@
     spacetime train configs/train/dit_tiny.yaml --deepspeed configs/deepspeed/zero2.json --nproc 2
     spacetime train configs/train/dit_tiny.yaml --resume runs/dit          # continue exactly
     spacetime train --export runs/dit/checkpoints/step_00000200 --out exported/   # save_pretrained folder
+    spacetime train --export runs/dit/checkpoints/step_00000200 --out dit/ --pipeline model/   # and a model folder
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--export", metavar="CHECKPOINT",
                         help="write this checkpoint's weights (EMA if kept) to --out as a save_pretrained folder")
     parser.add_argument("--no-ema", action="store_true", help="with --export: the raw weights, not the EMA")
+    parser.add_argument("--pipeline", metavar="DIR",
+                        help="with --export of a DiT checkpoint: also write a complete model folder (its run's "
+                             "VAE and text encoders) that spacetime generate --model and spacetime eval --model take")
     parser.add_argument("--overwrite", action="store_true", help="with --export: replace an existing --out folder")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
 
@@ -66,7 +70,11 @@ def run(args) -> int:
             raise UserError("--export needs --out DIR, the model folder to write")
         path = train.export_checkpoint(args.export, args.out, use_ema=not args.no_ema, overwrite=args.overwrite)
         print(f"wrote {path}")
+        if args.pipeline:
+            print(f"wrote {train.export_pipeline(args.export, path, args.pipeline, overwrite=args.overwrite)}")
         return 0
+    if args.pipeline:
+        raise UserError("--pipeline goes with --export CHECKPOINT")
     if not args.config:
         raise UserError("spacetime train needs a CONFIG file, e.g. configs/train/dit_tiny.yaml (or --export CHECKPOINT)")
     return train_main(args.config, overrides_from_args(args), args.resume, args.nproc)
