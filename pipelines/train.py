@@ -121,6 +121,11 @@ class DiTTask(Task):
         self.temporal_factor = self.vae.temporal_factor if self.vae is not None else 4
 
     @property
+    def predicts_sample(self) -> bool:
+        """A DiT that predicts the clean sample is trained on that sample's error (flow.training_losses)."""
+        return getattr(getattr(self.model, "config", None), "prediction", "velocity") == "sample"
+
+    @property
     def text_dims(self) -> tuple[int, ...]:
         return tuple(self.text.dims) if self.text is not None else ()
 
@@ -149,7 +154,8 @@ class DiTTask(Task):
 
         out = flow.training_losses(model, x0, dict(text_states=states, text_masks=masks), given_mask=given,
                                    context_noise=cfg.context_noise, timestep_sampling=cfg.timestep_sampling,
-                                   shift=cfg.shift, generator=generator)
+                                   shift=cfg.shift, uniform_share=cfg.uniform_share,
+                                   sample_space=self.predicts_sample, generator=generator)
         return out["loss"]
 
     @torch.no_grad()

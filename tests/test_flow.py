@@ -49,6 +49,33 @@ def test_timestep_sampling():
         flow.sample_timesteps(3, mode="cosine")
 
 
+def test_a_uniform_share_covers_the_low_noise_levels_a_large_shift_leaves_out():
+    shifted = flow.sample_timesteps(20000, shift=8.0, generator=torch.Generator().manual_seed(0))
+    assert (shifted < 0.3).float().mean() < 0.005  # shift 8 almost never trains where sampling ends
+    mixed = flow.sample_timesteps(20000, shift=8.0, uniform_share=0.25, generator=torch.Generator().manual_seed(0))
+    assert (mixed < 0.3).float().mean().item() == pytest.approx(0.25 * 0.3, abs=0.01)
+    assert ((mixed > 0) & (mixed < 1)).all()
+    # without a share nothing extra is drawn: runs written before it existed draw the same timesteps
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(flow.sample_timesteps(7, shift=8.0, generator=g),
+                       flow.apply_shift(torch.sigmoid(torch.randn(7, generator=torch.Generator().manual_seed(3))), 8.0))
+    with pytest.raises(ValueError, match="uniform_share"):
+        flow.sample_timesteps(3, uniform_share=1.5)
+
+
+def test_sample_space_loss_is_the_clean_samples_error():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 3, 2, 4, 4, generator=g)
+
+    def predicts_zero(x, t, **c):  # a clean-sample model that says 0: its velocity is x_t / t
+        return x / t[:, None, :, None, None]
+
+    out = flow.training_losses(predicts_zero, x0, sample_space=True, generator=torch.Generator().manual_seed(1))
+    assert out["loss"].item() == pytest.approx((x0 ** 2).mean().item(), rel=1e-5)  # whatever the timesteps
+    velocity = flow.training_losses(predicts_zero, x0, generator=torch.Generator().manual_seed(1))
+    assert velocity["loss"].item() > out["loss"].item()  # the velocity's error weighs each by 1 / t^2
+
+
 class Oracle:
     """The exact velocity field of a one-point data set: v = (x_t - x0) / t (where t > 0)."""
 

@@ -34,12 +34,16 @@ def sample_timesteps(
     mean: float = 0.0,
     std: float = 1.0,
     shift: float = 1.0,
+    uniform_share: float = 0.0,
     generator: torch.Generator | None = None,
     device=None,
 ) -> torch.Tensor:
     """n training timesteps in (0, 1): "logit_normal" (sigmoid of N(mean, std), SD3) or "uniform".
 
-    `shift` > 1 moves them towards the noise end with the same map the sampler uses.
+    `shift` > 1 moves them towards the noise end with the same map the sampler uses. A share
+    `uniform_share` of them (each with that probability) is drawn uniformly from (0, 1) instead, not
+    shifted: a distribution pushed far towards noise then still covers the low noise levels at
+    which sampling ends.
     """
     if mode == "logit_normal":
         t = torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
@@ -47,7 +51,13 @@ def sample_timesteps(
         t = torch.rand(n, generator=generator, device=device)
     else:
         raise ValueError(f"timestep sampling mode {mode!r}; expected 'logit_normal' or 'uniform'")
-    return apply_shift(t, shift)
+    if not 0.0 <= uniform_share <= 1.0:
+        raise ValueError(f"uniform_share={uniform_share}; expected a share between 0 and 1")
+    t = apply_shift(t, shift)
+    if uniform_share > 0:  # no extra random numbers otherwise: runs without it draw as before
+        pick = torch.rand(n, generator=generator, device=device) < uniform_share
+        t = torch.where(pick, torch.rand(n, generator=generator, device=device), t)
+    return t
 
 
 def apply_shift(t: torch.Tensor | float, shift: float):
@@ -114,17 +124,24 @@ def training_losses(
     mean: float = 0.0,
     std: float = 1.0,
     shift: float = 1.0,
+    uniform_share: float = 0.0,
+    sample_space: bool = False,
     generator: torch.Generator | None = None,
 ) -> dict:
     """Rectified-flow loss on a batch of clean latents x0 (B, C, T, H, W).
 
     cond: keyword arguments for the model (text_states, text_masks). given_mask: (B, T) bool, True
     for frames that are given (conditioning): they are noised only to `context_noise`, and the
-    loss ignores them. Returns dict(loss=scalar, loss_per_sample=(B,), timesteps=(B,)).
+    loss ignores them. sample_space: the error of the clean sample the velocity implies,
+    x0 - (x_t - t v) = t (v_target - v), rather than of the velocity itself (which weighs a frame
+    at noise level t by 1 / t^2 against that): for models that predict the clean sample, so that
+    low noise levels do not swamp the rest. Returns dict(loss=scalar, loss_per_sample=(B,),
+    timesteps=(B,)).
     """
     b, _, frames = x0.shape[:3]
     cond = cond or {}
-    t = sample_timesteps(b, mode=timestep_sampling, mean=mean, std=std, shift=shift, generator=generator)
+    t = sample_timesteps(b, mode=timestep_sampling, mean=mean, std=std, shift=shift, uniform_share=uniform_share,
+                         generator=generator)
     t = t.to(device=x0.device)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0)
     t_frames = _per_frame(t, frames)  # (B, T)
@@ -140,6 +157,8 @@ def training_losses(
     target = noise - x0
     v = model(x_t, t_frames, **cond)
     err = (v.float() - target.float()) ** 2 * _broadcast(weight)  # (B, C, T, H, W)
+    if sample_space:
+        err = err * _broadcast(t_frames.float()) ** 2
     per_element = x0[0, :, 0].numel()  # C * H * W per frame
     counted = weight.sum(dim=1) * per_element  # (B,)
     loss_per_sample = err.flatten(1).sum(dim=1) / counted.clamp(min=1)
