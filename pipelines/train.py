@@ -208,10 +208,8 @@ class VAETask(Task):
             raise UserError("vae.train_encoder: false keeps an encoder as it is: name a trained VAE folder in "
                             "model.init, or use a model with a linear shortcut (its fitted code is the encoder)")
         if not cfg.vae.train_encoder:  # the latent space stays as it is: only the decoder side learns
-            shortcut = self.model.shortcut
-            for part in (self.model.encoder, self.model.quant_conv, shortcut.encode_map if shortcut else None):
-                if part is not None:
-                    part.requires_grad_(False)
+            for part in self.model.encoding_modules():
+                part.requires_grad_(False)
         self.criterion = VAELoss(reconstruction=cfg.vae.reconstruction, kl_weight=cfg.vae.kl_weight,
                                  disc_weight=cfg.vae.disc_weight, disc_start=cfg.vae.disc_start,
                                  first_frame_weight=cfg.vae.first_frame_weight).to(self.device)
@@ -485,9 +483,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
     from pipelines import lora
 
     folder = find_checkpoint(checkpoint)
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite or choose another folder")
+    out = _new_output(out, overwrite)
     state = json.loads((folder / "state.json").read_text())
     cfg = from_dict(TrainConfig, state["config"])
     module = _model_class(state["model_class"]).from_config(_model_config(state["model_config"]))
@@ -518,10 +514,15 @@ def export_pipeline(checkpoint: str | os.PathLike, dit_folder: str | os.PathLike
     if cfg.model.kind != "dit" or not cfg.model.vae or not Path(cfg.model.vae).exists():
         raise UserError(f"--pipeline needs a DiT checkpoint whose run names a VAE folder in model.vae; "
                         f"{checkpoint} is a {cfg.model.kind} run with model.vae={cfg.model.vae!r}")
+    return write_model_folder(cfg, Path(dit_folder), _new_output(out, overwrite))
+
+
+def _new_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """`out` as a Path, or a UserError if it exists and may not be replaced."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite or choose another folder")
-    return write_model_folder(cfg, Path(dit_folder), out)
+    return out
 
 
 def measure_latent_stats(vae_folder: Path, dataset, max_clips: int = 256,

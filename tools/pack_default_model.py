@@ -30,12 +30,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from pipelines.pipeline import WEIGHTS_NAME as WEIGHTS
 from pipelines.train import replace_folder
+from vae3d import CausalVideoVAE
 
 FP16_MAX = torch.finfo(torch.float16).max
 
 
-WEIGHTS = "diffusion_pytorch_model.safetensors"
 PARTS = ("vae", "transformer")  # loaded by the pipeline's own loader, which casts to float32
 
 
@@ -43,7 +44,7 @@ def _model_folder(folder: Path) -> bool:
     return (folder / "model_index.json").is_file() or (folder / "config.json").is_file()
 
 
-ENCODING = ("encoder.", "quant_conv.", "shortcut.encode_map.")  # the weights that make a VAE's latents
+ENCODING = tuple(f"{name}." for name in CausalVideoVAE.ENCODING_PARTS)  # the weights that make the latents
 
 
 def _same_latent_space(ours: Path, theirs: Path) -> None:

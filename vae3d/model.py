@@ -606,6 +606,14 @@ class CausalVideoVAE(ModelMixin, ConfigMixin):
 
     # ---- the network on one chunk ------------------------------------------------------------
 
+    ENCODING_PARTS = ("encoder", "quant_conv", "shortcut.encode_map")  # what makes the latents
+
+    def encoding_modules(self) -> list[nn.Module]:
+        """The modules that make the latents (`ENCODING_PARTS` that this model has): a decoder-only
+        run freezes them, and two VAEs with equal weights in them share a latent space."""
+        return [self.get_submodule(name) for name in self.ENCODING_PARTS
+                if name.split(".")[0] != "shortcut" or self.shortcut is not None]
+
     def encoder_is_linear(self) -> bool:
         """True when the encoder is its linear shortcut alone: the convolutional path's last layer
         is zero (as `fit_linear_shortcut` leaves it, and as a decoder-only run keeps it) and is not

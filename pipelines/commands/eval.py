@@ -63,7 +63,7 @@ def run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
-    if sum(x is not None and x is not False for x in (args.model, args.vae, args.reference)) > 1:
+    if sum(map(bool, (args.model, args.vae, args.reference))) > 1:
         raise UserError("give one of --model, --vae and --reference")
     if args.reference:
         frames, height, width = args.frames or 17, args.height or 64, args.width or 64
