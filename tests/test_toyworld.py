@@ -2,6 +2,7 @@
 
 import json
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from pipelines.toyworld import (
     HELDOUT_PHOTOS, HELDOUT_WORDS, PHOTOS, TRAIN_PHOTOS, ObjectSpec, PromptSpec, Scene, load_photo, parse_prompt,
     render_scene, sample_camera_scene, sample_scene, scene_rng, write_caption,
 )
+from pipelines.toyworld.captions import COLOUR_WORDS
 from pipelines.toyworld.scenes import _half_extents, shape_positions
 
 
@@ -166,3 +168,23 @@ def test_make_dataset_command(tmp_path, capsys):
     assert all(set(re.findall(r"[a-z]+", c)) & HELDOUT_WORDS for c in captions)
     assert main(["make-dataset", str(tmp_path / "bad"), "--frames", "6"]) == 2
     assert "1 + 4k" in capsys.readouterr().err
+
+
+def test_training_captions_vary_the_colour_word_and_keep_the_plain_one_common():
+    words = Counter()
+    for i in range(400):
+        scene = sample_scene("train", 0, i, camera_fraction=0.0)
+        caption = write_caption(scene)
+        red = [s for s in scene.shapes if s.colour == "red"]
+        if len(scene.shapes) == 1 and red:
+            words[parse_colour_word(caption)] += 1
+    assert words.most_common(1)[0][0] == "red"
+    assert len(words) >= 4, words  # synonyms from COLOUR_WORDS appear too
+    assert set(words) <= set(COLOUR_WORDS["red"][0])
+
+
+def parse_colour_word(caption: str) -> str:
+    return next(w for w in re.findall(r"[a-z]+", caption) if w in _COLOUR_WORD_SET)
+
+
+_COLOUR_WORD_SET = {w for train, held in COLOUR_WORDS.values() for w in (*train, *held)}

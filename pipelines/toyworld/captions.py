@@ -18,40 +18,48 @@ import numpy as np
 from pipelines.toyworld.photos import PHOTOS
 from pipelines.toyworld.scenes import ObjectSpec, PromptSpec, Scene, Shape
 
-# slot -> (training wordings, held-out wordings)
+# slot -> (training wordings, held-out wordings). The plain word comes first: where a slot has many
+# wordings, a caption uses it PLAIN_SHARE of the time and any wording otherwise, so the plain words stay
+# common while the synonyms teach the model that the encoder's sense of a word matters, not its spelling.
+PLAIN_SHARE = 0.4
+PLAIN_AMONG = 3  # slots with more training wordings than this favour the first
 COLOUR_WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "red": (("red",), ("crimson",)),
-    "orange": (("orange",), ("tangerine",)),
-    "yellow": (("yellow",), ("golden",)),
-    "green": (("green",), ("emerald",)),
-    "cyan": (("cyan", "aqua"), ("turquoise",)),
-    "blue": (("blue",), ("azure",)),
-    "purple": (("purple",), ("violet",)),
-    "pink": (("pink",), ()),
-    "white": (("white",), ("ivory",)),
+    "red": (("red", "scarlet", "ruby", "cherry", "vermilion", "carmine", "cardinal", "tomato"), ("crimson",)),
+    "orange": (("orange", "amber", "apricot", "pumpkin", "carrot", "mandarin"), ("tangerine",)),
+    "yellow": (("yellow", "lemon", "canary", "saffron", "sunflower", "banana", "mustard"), ("golden",)),
+    "green": (("green", "jade", "lime", "mint", "shamrock", "clover"), ("emerald",)),
+    "cyan": (("cyan", "aqua", "teal", "aquamarine", "seafoam"), ("turquoise",)),
+    "blue": (("blue", "cobalt", "sapphire", "navy", "cerulean", "ultramarine"), ("azure",)),
+    "purple": (("purple", "lilac", "lavender", "plum", "amethyst", "orchid", "grape", "mauve"), ("violet",)),
+    "pink": (("pink", "rose", "fuchsia", "magenta", "bubblegum", "flamingo", "blush"), ()),
+    "white": (("white", "snowy", "cream", "pearl", "milky", "chalk", "alabaster", "porcelain"), ("ivory",)),
 }
 SHAPE_WORDS = {
-    "circle": (("circle", "ball", "dot"), ("disc", "disk")),
-    "square": (("square", "box"), ("block",)),
-    "triangle": (("triangle",), ()),
+    "circle": (("circle", "ball", "dot", "orb", "sphere", "bead"), ("disc", "disk")),
+    "square": (("square", "box", "cube", "tile"), ("block",)),
+    "triangle": (("triangle", "wedge", "pyramid"), ()),
     "diamond": (("diamond", "rhombus"), ("lozenge",)),
 }
 SIZE_WORDS = {"small": (("small", "little", "tiny"), ()), "large": (("large", "big"), ())}
-MOVE_VERBS = (("moves", "slides", "drifts", "goes"), ("travels", "glides", "heads"))
-UP_VERBS = (("rises", "climbs"), ("ascends",))  # verbs that carry their own direction
-DOWN_VERBS = (("falls", "sinks", "drops"), ("descends",))
+MOVE_VERBS = (("moves", "slides", "drifts", "goes", "shifts", "floats", "rolls", "runs", "flies", "sails", "cruises",
+               "darts"), ("travels", "glides", "heads"))
+UP_VERBS = (("rises", "climbs", "soars"), ("ascends",))  # verbs that carry their own direction
+DOWN_VERBS = (("falls", "sinks", "drops", "plunges", "tumbles"), ("descends",))
 DIRECTION_PHRASES = {
     "right": (("to the right", "right", "rightward", "towards the right"), ()),
     "left": (("to the left", "left", "leftward", "towards the left"), ()),
     "up": (("up", "upward", "upwards", "towards the top"), ()),
     "down": (("down", "downward", "downwards", "towards the bottom"), ()),
 }
-STILL_PHRASES = (("sits still", "stays still", "stays in place", "does not move"), ("remains motionless",))
-GROW_PHRASES = (("grows", "gets bigger", "expands", "grows larger"), ("swells",))
-SHRINK_PHRASES = (("shrinks", "gets smaller", "contracts"), ("dwindles",))
-GROW_SUFFIXES = ((" while growing", " and grows", " and gets bigger", " while getting bigger"), (" while swelling",))
-SHRINK_SUFFIXES = ((" while shrinking", " and shrinks", " and gets smaller"), (" while dwindling",))
-BOUNCE_VERBS = (("bounces",), ("ricochets",))
+STILL_PHRASES = (("sits still", "stays still", "stays in place", "does not move", "stays put", "holds still",
+                  "is stationary", "rests in place"), ("remains motionless",))
+GROW_PHRASES = (("grows", "gets bigger", "expands", "grows larger", "enlarges", "inflates", "gets larger"), ("swells",))
+SHRINK_PHRASES = (("shrinks", "gets smaller", "contracts", "deflates", "diminishes"), ("dwindles",))
+GROW_SUFFIXES = ((" while growing", " and grows", " and gets bigger", " while getting bigger", " while expanding",
+                  " while inflating", " and enlarges"), (" while swelling",))
+SHRINK_SUFFIXES = ((" while shrinking", " and shrinks", " and gets smaller", " while contracting", " while deflating",
+                    " and diminishes"), (" while dwindling",))
+BOUNCE_VERBS = (("bounces", "rebounds"), ("ricochets",))
 BOUNCE_TAILS = {
     "bounce-horizontal": ("left and right", "back and forth", "from side to side"),
     "bounce-vertical": ("up and down",),
@@ -62,7 +70,7 @@ BACKGROUND_WORDS = {
     "noise": (("noisy", "mottled", "textured"), ("speckled",)), "stripes": (("striped",), ("banded",)),
     "checker": (("checkered", "checkerboard"), ()), "gradient": (("gradient", "shaded"), ()),
 }
-BACKGROUND_NOUNS = (("background",), ("backdrop",))
+BACKGROUND_NOUNS = (("background", "canvas", "field"), ("backdrop",))
 PREPOSITIONS = ("on", "against", "over")
 PHOTO_NOUNS = (("photo", "picture", "photograph"), ("image",))
 PAN_WORDS = {"pan-left": ("left", "to the left"), "pan-right": ("right", "to the right"),
@@ -122,6 +130,8 @@ class _Writer:
         if self.heldout and held and self.rng.uniform() < p_heldout:
             self.used_heldout = True
             return held[int(self.rng.integers(len(held)))]
+        if len(train) > PLAIN_AMONG and self.rng.uniform() < PLAIN_SHARE:
+            return train[0]
         return train[int(self.rng.integers(len(train)))]
 
     def one(self, options) -> str:
@@ -234,7 +244,7 @@ def _alternation(words) -> str:
 _SIZE_RE = _alternation(w for train, held in SIZE_WORDS.values() for w in (*train, *held))
 _OBJECT_RE = re.compile(rf"\b(?:(?:{_SIZE_RE})\s+)?({_alternation(_COLOUR_OF)})\s+({_alternation(_SHAPE_OF)})\b")
 _BACKGROUND_RE = re.compile(rf"\b(?:{'|'.join(PREPOSITIONS)})\s+(?:a|an|the)\s+({_alternation(_BACKGROUND_OF)})\s+"
-                            rf"(?:background|backdrop)\b")
+                            rf"(?:{_alternation(w for nouns in BACKGROUND_NOUNS for w in nouns)})\b")
 _CAMERA_RE = re.compile(r"\b(?:camera|pan|pans|panning|zoom|zooms|zooming|sweeps|sweeping|pushes|pulls)\b")
 _ZOOM_IN_RE = re.compile(r"\b(?:zoom|zooms|zooming)\s+in\b|\bpush(?:es|ing)?\s+in\b")
 _ZOOM_OUT_RE = re.compile(r"\b(?:zoom|zooms|zooming)\s+out\b|\bpull(?:s|ing)?\s+(?:back|out)\b")
@@ -242,13 +252,16 @@ _PAN_RE = re.compile(r"\b(?:pan|pans|panning|sweeps|sweeping)\s+(?:to the\s+)?(l
 _SUBJECT_RE = re.compile(r"\b(?:photo|picture|photograph|image)\s+of\s+(.+?)\s*(?:,|$)")
 _RIGHT_RE = re.compile(r"\b(?:right|rightward|rightwards)\b")
 _LEFT_RE = re.compile(r"\b(?:left|leftward|leftwards)\b")
-_UP_RE = re.compile(r"\b(?:up|upward|upwards|top|upper|rises|rising|climbs|climbing|ascends|ascending)\b")
+_UP_RE = re.compile(r"\b(?:up|upward|upwards|top|upper|rises|rising|climbs|climbing|soars|soaring|ascends|"
+                    r"ascending)\b")
 _DOWN_RE = re.compile(r"\b(?:down|downward|downwards|bottom|lower|falls|falling|sinks|sinking|drops|dropping|"
-                      r"descends|descending)\b")
-_GROW_RE = re.compile(r"\b(?:grow|grows|growing|bigger|larger|expand|expands|expanding|swell|swells|swelling)\b")
-_SHRINK_RE = re.compile(r"\b(?:shrink|shrinks|shrinking|smaller|contract|contracts|contracting|dwindle|dwindles|"
-                        r"dwindling)\b")
-_BOUNCE_RE = re.compile(r"\b(?:bounce|bounces|bouncing|ricochet|ricochets|ricocheting)\b")
+                      r"plunges|plunging|tumbles|tumbling|descends|descending)\b")
+_GROW_RE = re.compile(r"\b(?:grow|grows|growing|bigger|larger|expand|expands|expanding|enlarge|enlarges|enlarging|"
+                      r"inflate|inflates|inflating|swell|swells|swelling)\b")
+_SHRINK_RE = re.compile(r"\b(?:shrink|shrinks|shrinking|smaller|contract|contracts|contracting|deflate|deflates|"
+                        r"deflating|diminish|diminishes|diminishing|dwindle|dwindles|dwindling)\b")
+_BOUNCE_RE = re.compile(r"\b(?:bounce|bounces|bouncing|rebound|rebounds|rebounding|ricochet|ricochets|"
+                        r"ricocheting)\b")
 
 
 def _parse_motion(clause: str) -> tuple[str, str]:
