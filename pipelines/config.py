@@ -33,6 +33,8 @@ class ModelConfig:
     preset: str = "tiny"  # a size in video_dit.PRESETS / vae3d.PRESETS
     args: dict[str, Any] = field(default_factory=dict)  # more constructor arguments (e.g. attention: factorized)
     init: str | None = None  # start from this save_pretrained folder (or model folder) instead of random weights
+    warm_start: str | None = None  # dit: build the model from preset/args, then copy in this folder's weights
+    #                                wherever name and shape match (e.g. to a new patch size); the rest start fresh
     vae: str = "tiny"  # dit: a VAE folder, a model folder, or a vae3d preset name (random weights)
     text_encoders: list[str] = field(default_factory=lambda: ["default"])  # dit: encoder folders; [] = none
 
@@ -186,6 +188,9 @@ class TrainConfig:
             (not self.data.colour_augment or self.model.kind == "vae", "data.colour_augment",
              "false for a DiT (permuted colours would contradict the captions)"),
             (self.lora.rank == 0 or self.model.kind == "dit", "lora.rank", "0 for a VAE (LoRA is for the DiT)"),
+            (not (self.model.warm_start and self.model.init), "model.warm_start",
+             "unset when model.init is set (init loads a whole model; warm_start copies what fits into a new one)"),
+            (not self.model.warm_start or self.model.kind == "dit", "model.warm_start", "unset for a VAE"),
         ]
         for ok, key, expected in checks:
             if not ok:

@@ -116,6 +116,9 @@ class DiTTask(Task):
                 channels = read_index(cfg.data.latent_cache)["entries"][0]["latent_shape"][0]
             self.model = VideoDiT(in_channels=channels, text_dims=self.text_dims,
                                   **{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
+            if cfg.model.warm_start:
+                if world.is_main:
+                    print(warm_start(self.model, cfg.model.warm_start), flush=True)
         self.model.to(self.device)
         self.spatial_multiple = self.model.patch[1] * (self.vae.spatial_factor if self.vae is not None else 1)
         self.temporal_factor = self.vae.temporal_factor if self.vae is not None else 4
@@ -288,6 +291,24 @@ def load_component(part: str, spec: str):
     from pipelines.pipeline import load_part
 
     return load_part(part, spec)[0]
+
+
+def warm_start(model: torch.nn.Module, spec: str) -> str:
+    """Copy into `model` every tensor of the transformer `spec` names whose name and shape match; the
+    rest keep their fresh initialisation. Returns a line that says what was copied."""
+    source = load_component("transformer", spec).state_dict()
+    own = model.state_dict()
+    matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise UserError(f"model.warm_start={spec}: none of its tensors fits this model (names and shapes differ); "
+                        "give a transformer of the same width and depth")
+    model.load_state_dict(matched, strict=False)
+    fresh = sorted(set(own) - set(matched))
+    copied = sum(v.numel() for v in matched.values())
+    total = sum(v.numel() for v in own.values())
+    shown = ", ".join(fresh[:4]) + (", ..." if len(fresh) > 4 else "")
+    return (f"warm start from {spec}: {len(matched)} of {len(own)} tensors copied ({copied / total:.1%} of the "
+            f"weights); fresh: {shown or 'none'}")
 
 
 def load_text_encoders(names: list[str], device: torch.device):

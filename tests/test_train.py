@@ -157,3 +157,33 @@ def test_a_dit_trained_with_a_vae_folder_yields_a_model_folder_that_generates(tm
                  guidance_scale=1.0).frames[0].tolist() == out.frames[0].tolist()
     code, err = cli("train", "--export", checkpoint, "--out", tmp_path / "dit", "--pipeline", tmp_path / "model")
     assert code == 2 and "exists; pass --overwrite" in err
+
+
+def test_warm_start_copies_what_fits_into_a_model_of_another_patch_size(tmp_path, cache):
+    from video_dit import VideoDiT
+
+    source = training.train(load_config(tiny_config(tmp_path, cache, out="source", steps=2, save_every=2)))
+    sections = {"model": {"kind": "dit", "preset": "tiny", "text_encoders": [], "warm_start": str(source / "model"),
+                          "args": {"patch_size": [1, 1, 1]}}}
+    run = training.train(load_config(tiny_config(tmp_path, cache, out="warm", steps=1, save_every=1, ema_decay=0.0,
+                                                 optim={"lr": 1e-12}, **sections)))
+    before, after = VideoDiT.from_pretrained(source / "model"), VideoDiT.from_pretrained(run / "model")
+    assert after.patch != before.patch
+    old, new = before.state_dict(), after.state_dict()
+    same = [k for k in new if k in old and new[k].shape == old[k].shape]
+    assert len(same) >= len(new) - 3  # all but the patch embedding and the output layer
+    for key in same:  # a learning rate of 1e-12 leaves the copied weights as they were
+        assert torch.allclose(new[key], old[key], atol=1e-6), key
+    assert new["patch_embedding.weight"].shape != old["patch_embedding.weight"].shape
+
+
+def test_warm_start_refuses_a_model_with_nothing_in_common_and_a_second_init(tmp_path, cache):
+    from video_dit import VideoDiT
+
+    other = tmp_path / "other"
+    VideoDiT(in_channels=3, hidden_size=32, depth=1, num_heads=2).save_pretrained(other)
+    model = VideoDiT(in_channels=4, hidden_size=64, depth=2, num_heads=4)
+    with pytest.raises(UserError, match="none of its tensors fits"):
+        training.warm_start(model, str(other))
+    with pytest.raises(UserError, match="model.warm_start"):
+        load_config(tiny_config(tmp_path, cache, model={"init": str(other), "warm_start": str(other)}))
