@@ -116,12 +116,14 @@ class DiTTask(Task):
                 channels = read_index(cfg.data.latent_cache)["entries"][0]["latent_shape"][0]
             self.model = VideoDiT(in_channels=channels, text_dims=self.text_dims,
                                   **{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
-            if cfg.model.warm_start:
-                if world.is_main:
-                    print(warm_start(self.model, cfg.model.warm_start), flush=True)
         self.model.to(self.device)
         self.spatial_multiple = self.model.patch[1] * (self.vae.spatial_factor if self.vae is not None else 1)
         self.temporal_factor = self.vae.temporal_factor if self.vae is not None else 4
+
+    def start(self, dataset) -> str | None:
+        if self.cfg.model.warm_start:  # on every rank, so that all start from the same weights
+            return warm_start(self.model, self.cfg.model.warm_start)
+        return None
 
     @property
     def predicts_sample(self) -> bool:
@@ -296,7 +298,12 @@ def load_component(part: str, spec: str):
 def warm_start(model: torch.nn.Module, spec: str) -> str:
     """Copy into `model` every tensor of the transformer `spec` names whose name and shape match; the
     rest keep their fresh initialisation. Returns a line that says what was copied."""
-    source = load_component("transformer", spec).state_dict()
+    from pipelines.pipeline import load_part
+
+    try:
+        source = load_part("transformer", spec, presets=False)[0].state_dict()
+    except UserError as err:
+        raise UserError(f"model.warm_start={spec}: {err}") from None
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
     if not matched:

@@ -13,7 +13,7 @@ from pipelines.toyworld import (
     HELDOUT_PHOTOS, HELDOUT_WORDS, PHOTOS, TRAIN_PHOTOS, ObjectSpec, PromptSpec, Scene, load_photo, parse_prompt,
     render_scene, sample_camera_scene, sample_scene, scene_rng, write_caption,
 )
-from pipelines.toyworld.captions import COLOUR_WORDS
+from pipelines.toyworld.captions import _OBJECT_RE, COLOUR_WORDS
 from pipelines.toyworld.scenes import _half_extents, shape_positions
 
 
@@ -184,7 +184,4 @@ def test_training_captions_vary_the_colour_word_and_keep_the_plain_one_common():
 
 
 def parse_colour_word(caption: str) -> str:
-    return next(w for w in re.findall(r"[a-z]+", caption) if w in _COLOUR_WORD_SET)
-
-
-_COLOUR_WORD_SET = {w for train, held in COLOUR_WORDS.values() for w in (*train, *held)}
+    return _OBJECT_RE.search(caption).group(1)  # the colour word of the caption's first object

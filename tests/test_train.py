@@ -187,3 +187,12 @@ def test_warm_start_refuses_a_model_with_nothing_in_common_and_a_second_init(tmp
         training.warm_start(model, str(other))
     with pytest.raises(UserError, match="model.warm_start"):
         load_config(tiny_config(tmp_path, cache, model={"init": str(other), "warm_start": str(other)}))
+
+
+def test_warm_start_names_its_key_when_the_folder_is_missing(tmp_path):
+    from video_dit import VideoDiT
+
+    with pytest.raises(UserError, match=r"model.warm_start=.*no such folder"):
+        training.warm_start(VideoDiT(in_channels=4, hidden_size=64, depth=2, num_heads=4), str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match=r"model.warm_start=S"):  # a preset is random weights: nothing to start from
+        training.warm_start(VideoDiT(in_channels=4, hidden_size=64, depth=2, num_heads=4), "S")

@@ -19,8 +19,9 @@ from pipelines.toyworld.photos import PHOTOS
 from pipelines.toyworld.scenes import ObjectSpec, PromptSpec, Scene, Shape
 
 # slot -> (training wordings, held-out wordings). The plain word comes first: where a slot has many
-# wordings, a caption uses it PLAIN_SHARE of the time and any wording otherwise, so the plain words stay
-# common while the synonyms teach the model that the encoder's sense of a word matters, not its spelling.
+# wordings, a caption takes it outright PLAIN_SHARE of the time and draws uniformly otherwise, so the plain
+# words stay common while the synonyms teach the model that the encoder's sense of a word matters, not
+# its spelling.
 PLAIN_SHARE = 0.4
 PLAIN_AMONG = 3  # slots with more training wordings than this favour the first
 COLOUR_WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
