@@ -162,6 +162,20 @@ class Engine:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    def set_base_lr(self, lr: float) -> float | None:
+        """Make `lr` the schedule's base learning rate. A checkpoint restores the one its run had, so a
+        resumed run calls this with its config's: returns the old rate when it changed, else None."""
+        old = float(self.scheduler.base_lrs[0])
+        if math.isclose(old, lr, rel_tol=1e-9, abs_tol=0.0):
+            return None
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [lr] * len(self.scheduler.base_lrs)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        return old
+
     def backward(self, loss: torch.Tensor) -> None:
         (loss / self.grad_accum).backward()
 

@@ -761,6 +761,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
         step, data_state = load_checkpoint(checkpoint, engine, ema, generator, world, task)
         if data_state is not None:
             sampler.load_state_dict(data_state)
+        old_lr = engine.set_base_lr(o.lr)  # the config's rate wins over the checkpoint's
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -773,6 +774,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                    + (f", resumed at step {step}" if step else ""))
     if started:
         logger.message(started)
+    if checkpoint is not None and old_lr is not None:
+        logger.message(f"learning rate {old_lr:g} -> {o.lr:g} (optim.lr), from step {step}")
     batches = forever(loader, dataset)
     end = min(cfg.steps, stop_at) if stop_at else cfg.steps
     clips, tic = 0, time.perf_counter()

@@ -78,6 +78,17 @@ def test_resume_continues_exactly(tmp_path, cache):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resumed_run_takes_the_learning_rate_of_its_config(tmp_path, cache):
+    cfg = load_config(tiny_config(tmp_path, cache, optim={"lr": 1e-3, "warmup_steps": 2}, steps=6, save_every=3))
+    training.train(cfg, stop_at=3)
+    lower = load_config(tiny_config(tmp_path, cache, optim={"lr": 1e-4, "warmup_steps": 2}, steps=6, save_every=3))
+    run = training.train(lower, resume=tmp_path / "run")
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "lr" in r}
+    factors = {s: training.lr_factor(s - 1, 2, 6, cfg.optim.schedule, cfg.optim.min_lr_ratio) for s in lrs}
+    assert lrs[3] == pytest.approx(1e-3 * factors[3])  # logged: the rate each step ran with
+    assert [lrs[s] for s in (4, 5, 6)] == pytest.approx([1e-4 * factors[s] for s in (4, 5, 6)])
+
+
 def test_a_run_killed_while_saving_leaves_the_previous_checkpoint(tmp_path, cache, monkeypatch):
     cfg = load_config(tiny_config(tmp_path, cache, steps=6, save_every=3))
     real = training.ShardedEMA.save
