@@ -756,7 +756,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
         engine = Engine(module, optimizer, scheduler, world, o.grad_clip, o.grad_accum)
     ema = ShardedEMA(engine, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
-    step, data_state = 0, None
+    step, data_state, old_lr = 0, None, None
     if checkpoint is not None:
         step, data_state = load_checkpoint(checkpoint, engine, ema, generator, world, task)
         if data_state is not None:
@@ -774,7 +774,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                    + (f", resumed at step {step}" if step else ""))
     if started:
         logger.message(started)
-    if checkpoint is not None and old_lr is not None:
+    if old_lr is not None:
         logger.message(f"learning rate {old_lr:g} -> {o.lr:g} (optim.lr), from step {step}")
     batches = forever(loader, dataset)
     end = min(cfg.steps, stop_at) if stop_at else cfg.steps

@@ -177,11 +177,7 @@ def test_training_captions_vary_the_colour_word_and_keep_the_plain_one_common():
         caption = write_caption(scene)
         red = [s for s in scene.shapes if s.colour == "red"]
         if len(scene.shapes) == 1 and red:
-            words[parse_colour_word(caption)] += 1
+            words[_OBJECT_RE.search(caption).group(1)] += 1  # the colour word of its object
     assert words.most_common(1)[0][0] == "red"
     assert len(words) >= 4, words  # synonyms from COLOUR_WORDS appear too
     assert set(words) <= set(COLOUR_WORDS["red"][0])
-
-
-def parse_colour_word(caption: str) -> str:
-    return _OBJECT_RE.search(caption).group(1)  # the colour word of the caption's first object
