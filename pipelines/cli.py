@@ -15,8 +15,8 @@ import sys
 from pipelines import __version__
 from pipelines.errors import EXIT_USER_ERROR, UserError
 
-# name -> (one-line help, module in pipelines.commands, or None while the subcommand is not built)
-COMMANDS: dict[str, tuple[str, str | None]] = {
+# name -> (one-line help, module in pipelines.commands)
+COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("text-to-video: make a clip from a prompt", "pipelines.commands.generate"),
     "animate": ("image-to-video: bring a still to life from a prompt", "pipelines.commands.animate"),
     "extend": ("continue a video for N more frames", "pipelines.commands.extend"),
@@ -32,8 +32,15 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other bad input: one line naming the value, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spacetime",
         description="spacetime-video: generate video with diffusion transformers over spacetime patches.",
     )
@@ -43,10 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, module_name) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        if module_name is not None:
-            _load(module_name).add_arguments(p)
-        else:
-            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        _load(module_name).add_arguments(p)
     return parser
 
 
@@ -61,15 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     _, module_name = COMMANDS[args.command]
-    if module_name is None:
-        print(f"spacetime {args.command}: not built yet in spacetime-video {__version__}.", file=sys.stderr)
-        return EXIT_USER_ERROR
     try:
         return int(_load(module_name).run(args) or 0)
     except KeyboardInterrupt:
         print("spacetime: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
+    except (UserError, ValueError, OSError) as err:  # OSError: a path the system refuses (missing, too long, read-only)
         if args.debug:
             raise
         message = " ".join(str(err).split()) or type(err).__name__

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import types
@@ -244,6 +245,13 @@ def from_dict(cls, data: dict, source: str = "config", prefix: str = ""):
             raise UserError(f"{source}: unknown key '{prefix}{key}'{_did_you_mean(str(key), names, prefix)}")
         values[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
     return cls(**values)
+
+
+def override(key: str, value) -> str:
+    """The `key=value` override that parses back to exactly `value`: JSON is YAML, so a string from a
+    flag stays a string ("2024", "yes", "runs/exp #2") where bare YAML would make it a number, a bool
+    or cut it at the '#'."""
+    return f"{key}={json.dumps(value)}"
 
 
 def apply_override(cfg: TrainConfig, item: str) -> TrainConfig:

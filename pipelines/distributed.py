@@ -39,6 +39,44 @@ from safetensors.torch import load_file, save_file
 from pipelines.errors import UserError
 
 # ------------------------------------------------------------------------------------------------
+# DeepSpeed's checkpoint files are pickles: load them tensors-only
+# ------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tensors_only_unpickling():
+    """Within this block, every `torch.load` (DeepSpeed's checkpoint engine and zero_to_fp32 call it
+    with weights_only=False) runs with weights_only=True: tensors, containers and the three record
+    types a ZeRO checkpoint holds may be rebuilt, and a file that asks for anything else (code) is
+    refused with a UserError naming it instead of being run."""
+    import pickle
+    import warnings
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    real_load = torch.load
+
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            with warnings.catch_warnings():  # torch warns of the pickle protocol a hostile file may use
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return real_load(f, *args, **kwargs)
+        except pickle.UnpicklingError:
+            raise UserError(f"{f}: refused to load: it holds Python objects other than tensors and ZeRO "
+                            f"checkpoint records; only checkpoints that spacetime train wrote load") from None
+
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+            yield
+    finally:
+        torch.load = real_load
+
+
+# ------------------------------------------------------------------------------------------------
 # Processes
 # ------------------------------------------------------------------------------------------------
 
@@ -286,8 +324,9 @@ class DeepSpeedEngine(Engine):
     def load(self, folder: Path) -> None:
         if not (folder / "zero").is_dir():
             raise UserError(f"{folder} was written without DeepSpeed; resume it without a deepspeed config")
-        path, client = self.model.load_checkpoint(str(folder), tag="zero", load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
+        with tensors_only_unpickling():
+            path, client = self.model.load_checkpoint(str(folder), tag="zero", load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
         if path is None:
             raise UserError(f"{folder}/zero could not be loaded as a DeepSpeed checkpoint")
         self.micro_steps = int(client.get("micro_steps", 0))

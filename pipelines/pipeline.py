@@ -682,6 +682,28 @@ _SETTINGS = ("native_frames", "height", "width", "fps", "num_inference_steps", "
              "context_latent_frames", "context_noise")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+# model_index.json settings: (key, test, what would work)
+_SETTING_CHECKS = (
+    ("native_frames", lambda v: _is_int(v) and v >= 1, "a whole number of frames, 1 or more"),
+    ("height", lambda v: _is_int(v) and v >= 1, "a whole number of pixels, 1 or more"),
+    ("width", lambda v: _is_int(v) and v >= 1, "a whole number of pixels, 1 or more"),
+    ("fps", lambda v: _is_number(v) and v > 0, "a positive number"),
+    ("num_inference_steps", lambda v: _is_int(v) and v >= 1, "a whole number, 1 or more"),
+    ("guidance_scale", _is_number, "a number"),
+    ("shift", lambda v: v is None or (_is_number(v) and v > 0), "a positive number, or null for automatic"),
+    ("context_latent_frames", lambda v: _is_int(v) and v >= 1, "a whole number, 1 or more"),
+    ("context_noise", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+)
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 
 
@@ -749,6 +771,9 @@ def _read_index(root: Path) -> dict:
     if index.get("_class_name", "SpacetimePipeline") != "SpacetimePipeline":
         raise UserError(f"{path} describes a {index['_class_name']}, not a spacetime-video model "
                         "(_class_name SpacetimePipeline)")
+    for key, ok, want in _SETTING_CHECKS:
+        if key in index and not ok(index[key]):
+            raise UserError(f"{path}: {key}={json.dumps(index[key])}; expected {want}")
     fmt = index.get("format", MODEL_FORMAT)  # folders written before the field existed are format 1
     if not isinstance(fmt, int) or fmt > MODEL_FORMAT or fmt < 1:
         written = index.get("spacetime_version", "an unknown version")

@@ -35,6 +35,7 @@ from pipelines import distributed
 from pipelines.config import GivenFrames, TrainConfig, from_dict
 from pipelines.distributed import DeepSpeedEngine, Engine, ShardedEMA, World
 from pipelines.errors import UserError
+from pipelines.video_io import replace_folder
 
 # ------------------------------------------------------------------------------------------------
 # Given frames: which latent frames a DiT training sample gets as conditioning
@@ -269,14 +270,14 @@ class VAETask(Task):
     def load(self, folder: Path) -> None:
         # the latent statistics are config, not weights: a resumed run takes the checkpoint's (a
         # fitted shortcut's), so that its later checkpoints export with them too
-        config = json.loads((folder / "state.json").read_text()).get("model_config", {})
+        config = read_state(folder)["model_config"]
         if config.get("latents_mean") is not None and config.get("latents_std") is not None:
             self.model.set_latent_stats(config["latents_mean"], config["latents_std"])
         if self.disc is None:
             return
         if self.disc.saved_in(folder):
             self.disc.load(folder)
-        elif json.loads((folder / "state.json").read_text())["step"] > self.cfg.vae.disc_start:
+        elif read_state(folder)["step"] > self.cfg.vae.disc_start:
             warnings.warn(f"{folder} has no discriminator state; the discriminator starts from random weights")
 
     @torch.no_grad()
@@ -463,8 +464,32 @@ def list_checkpoints(run: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if (p / "state.json").is_file())
 
 
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint folder, or the latest complete checkpoint of a run folder; UserError otherwise."""
+RUN_CONTENTS = ("checkpoints", "model", "pipeline", "lora", "samples", "tensorboard", "log.jsonl", "config.yaml")
+
+
+def check_new_run(out: str | os.PathLike) -> None:
+    """A new run does not write into a folder another run left checkpoints or a model in (their
+    checkpoints would be mixed and pruned together): UserError saying how to go on."""
+    out = Path(out)
+    held = list_checkpoints(out)[-1:] or [p for p in (out / "model", out / "pipeline") if p.exists()]
+    if held:
+        raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {out}, choose "
+                        f"another --out, or pass --overwrite to start over (its checkpoints and model are removed)")
+
+
+def clear_run(out: str | os.PathLike) -> None:
+    """Remove what a run writes into its folder (checkpoints, exported model, log, samples)."""
+    for name in RUN_CONTENTS:
+        path = Path(out) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def find_checkpoint(path: str | os.PathLike, flag: str = "--resume") -> Path:
+    """A checkpoint folder, or the latest complete checkpoint of a run folder; UserError otherwise
+    (naming `flag`, the option the path came from)."""
     path = Path(path)
     if (path / "state.json").is_file():
         return path
@@ -472,14 +497,30 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     if found:
         return found[-1]
     if not path.exists():
-        raise UserError(f"--resume {path}: no such folder; pass a run folder or one of its checkpoints/step_* folders")
-    raise UserError(f"--resume {path}: not a checkpoint (no state.json) and not a run folder with checkpoints/step_*")
+        raise UserError(f"{flag} {path}: no such folder; pass a run folder or one of its checkpoints/step_* folders")
+    raise UserError(f"{flag} {path}: not a checkpoint (no state.json) and not a run folder with checkpoints/step_*")
+
+
+STATE_KEYS = {"step": int, "world_size": int, "config": dict, "model_class": str, "model_config": dict}
+
+
+def read_state(folder: Path) -> dict:
+    """A checkpoint's state.json, checked for the entries resuming and exporting read."""
+    path = folder / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path} is not readable JSON ({err}); pass a checkpoint that spacetime train wrote") from None
+    wrong = [key for key, kind in STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(key), kind)]
+    if wrong:
+        raise UserError(f"{path} lacks or mistypes {', '.join(wrong)}; pass a checkpoint that spacetime train wrote")
+    return state
 
 
 def load_checkpoint(folder: Path, engine: Engine, ema: ShardedEMA | None, generator: torch.Generator,
                     world: World, task: Task | None = None) -> tuple[int, dict | None]:
     """Restore a checkpoint into the engine, the EMA and the RNGs; return (step, data position)."""
-    state = json.loads((folder / "state.json").read_text())
+    state = read_state(folder)
     if state["world_size"] != world.world_size:
         raise UserError(f"{folder} was written by {state['world_size']} process(es); resume it with "
                         f"--nproc {state['world_size']} (this run has {world.world_size})")
@@ -510,9 +551,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
     LoRA adapters are merged into the base weights, and also written alone to `adapter` if given."""
     from pipelines import lora
 
-    folder = find_checkpoint(checkpoint)
+    folder = find_checkpoint(checkpoint, "--export")
+    state = read_state(folder)
     out = _new_output(out, overwrite)
-    state = json.loads((folder / "state.json").read_text())
     cfg = from_dict(TrainConfig, state["config"])
     module = _model_class(state["model_class"]).from_config(_model_config(state["model_config"]))
     if cfg.lora.rank:
@@ -520,9 +561,13 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, use
     if (folder / "model.safetensors").is_file():
         weights = load_file(folder / "model.safetensors")
     else:
+        if not (folder / "zero").is_dir():
+            raise UserError(f"{folder} holds neither model.safetensors nor a DeepSpeed zero/ folder; "
+                            f"pass a checkpoint folder that spacetime train wrote")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        weights = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="zero")
+        with distributed.tensors_only_unpickling():
+            weights = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag="zero")
     if use_ema and (folder / "ema.safetensors").is_file():
         weights.update(load_file(folder / "ema.safetensors"))
     module.load_state_dict(weights, strict=True)
@@ -537,7 +582,7 @@ def export_pipeline(checkpoint: str | os.PathLike, dit_folder: str | os.PathLike
                     overwrite: bool = False) -> Path:
     """A complete model folder (as `RUN/pipeline/` at the end of a run) from a DiT checkpoint's run
     settings and its exported weights in `dit_folder`, so that any checkpoint can be sampled."""
-    state = json.loads((find_checkpoint(checkpoint) / "state.json").read_text())
+    state = read_state(find_checkpoint(checkpoint, "--export"))
     cfg = from_dict(TrainConfig, state["config"])
     if cfg.model.kind != "dit" or not cfg.model.vae or not Path(cfg.model.vae).exists():
         raise UserError(f"--pipeline needs a DiT checkpoint whose run names a VAE folder in model.vae; "
@@ -584,20 +629,6 @@ def measure_latent_stats(vae_folder: Path, dataset, max_clips: int = 256,
     vae.to("cpu").set_latent_stats(mean.float(), std.float())
     save_pretrained_atomically(vae, Path(vae_folder))
     return mean.tolist(), std.tolist()
-
-
-def replace_folder(tmp: Path, out: Path) -> Path:
-    """Put the complete folder `tmp` in `out`'s place. An existing `out` is renamed aside first and
-    removed after, so `out` holds either the old folder or the new one at every moment."""
-    if out.exists():
-        old = out.with_name(f".old_{out.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
 
 
 def save_pretrained_atomically(model, out: Path) -> Path:
@@ -713,8 +744,10 @@ def write_preview(path: Path, video: torch.Tensor, fps: float) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: int | None = None) -> Path:
+def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: int | None = None,
+          overwrite: bool = False) -> Path:
     """Train as `cfg` says (resuming from a checkpoint or run folder) and return the run folder.
+    A new run refuses a folder that holds an earlier run, unless `overwrite` (which clears it).
 
     `stop_at` ends the run early at that step (the schedule still spans `cfg.steps`), as a crash
     would, after saving a checkpoint; `train(cfg, resume=out)` then continues exactly.
@@ -722,6 +755,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
     world = distributed.init_process()
     out = Path(cfg.out)
     checkpoint = find_checkpoint(resume) if resume else None
+    if checkpoint is None and not overwrite:
+        check_new_run(out)
     dtype = precision_dtype(cfg.precision, world.device)
     ds_config = None
     if cfg.deepspeed:
@@ -763,6 +798,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
             sampler.load_state_dict(data_state)
         old_lr = engine.set_base_lr(o.lr)  # the config's rate wins over the checkpoint's
     if world.is_main:
+        if checkpoint is None and overwrite:
+            clear_run(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     distributed.barrier(world)

@@ -184,7 +184,13 @@ def read_video(path: str | os.PathLike, num_frames: int | None = None, stride: i
         files = _png_frames(p)
         indices, out_fps = select_indices(len(files), 24.0, num_frames=num_frames, stride=stride, fps=fps,
                                           start=start, name=str(p))
-        return Video(np.stack([read_image(files[i]) for i in indices]), out_fps)
+        frames = [read_image(files[i]) for i in indices]
+        for i, frame in zip(indices, frames):
+            if frame.shape != frames[0].shape:
+                (h, w), (h0, w0) = frame.shape[:2], frames[0].shape[:2]
+                raise UserError(f"{files[i]} is {w}x{h} but {files[indices[0]].name} is {w0}x{h0}; "
+                                f"the frames of a folder must all have one size")
+        return Video(np.stack(frames), out_fps)
     if suffix in ANIMATED_EXTENSIONS:
         video = _read_animated(p)
         indices, out_fps = select_indices(video.num_frames, video.fps, num_frames=num_frames, stride=stride,
@@ -431,9 +437,12 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(str(path).rstrip("/" + os.sep) + ".json")
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool = False) -> str:
-    """Validate an output path before any work is done; returns its kind."""
+def check_writable(path: str | os.PathLike, overwrite: bool = False, sidecar: bool = False) -> str:
+    """Validate an output path (and with `sidecar`, its JSON description's) before any work is done;
+    returns its kind."""
     kind = output_kind(path)
+    if sidecar and sidecar_path(path).exists() and not overwrite:
+        raise UserError(f"{sidecar_path(path)} already exists; pass --overwrite to replace it")
     p = Path(str(path).rstrip("/" + os.sep))
     if kind == "frames":
         if p.exists() and not p.is_dir():
@@ -548,7 +557,7 @@ class VideoWriter:
 
     def _commit(self) -> None:
         if self.kind != "frames":
-            publish(self._tmp, self.path)
+            publish(self._tmp, self.path, self.overwrite)
             return
         for frame in self._tmp.iterdir():
             _default_mode(frame)
@@ -593,10 +602,44 @@ def _default_mode(path: str | os.PathLike) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~umask)
 
 
-def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Move a finished temporary file or folder under its final name (atomic on one file system)."""
+def publish(tmp: str | os.PathLike, final: str | os.PathLike, overwrite: bool = True) -> None:
+    """Move a finished temporary file or folder under its final name (atomic on one file system).
+    Without `overwrite`, a file that appeared under that name meanwhile is kept and UserError raised
+    (the temporary is removed): a hard link claims the name only if it is still free."""
     _default_mode(tmp)
+    if not overwrite and not os.path.isdir(tmp):
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            os.unlink(tmp)
+            raise UserError(f"{final} appeared while it was being written; it was kept: pass --overwrite "
+                            f"to replace it or choose another name") from None
+        except OSError:  # a file system without hard links: check, then move
+            if os.path.exists(final):
+                os.unlink(tmp)
+                raise UserError(f"{final} appeared while it was being written; it was kept: pass --overwrite "
+                                f"to replace it or choose another name") from None
+            os.replace(tmp, final)
+        else:
+            os.unlink(tmp)
+        return
     os.replace(tmp, final)
+
+
+def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Put the complete folder `tmp` in `out`'s place, with the mode a plain mkdir would give it. An
+    existing `out` is renamed aside first and removed after, so `out` holds either the old folder or
+    the new one at every moment."""
+    tmp, out = Path(tmp), Path(out)
+    _default_mode(tmp)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    return out
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: float, *,
@@ -605,6 +648,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
 
     With `sidecar`, a JSON description is written beside the output (see `sidecar_path`)."""
     chunks = [frames] if isinstance(frames, np.ndarray) else frames
+    check_writable(path, overwrite, sidecar=sidecar is not None)
     with VideoWriter(path, fps, overwrite=overwrite, quality=quality) as writer:
         for chunk in chunks:
             writer.write(chunk)
@@ -625,7 +669,7 @@ def atomic_file(path: str | os.PathLike, *, overwrite: bool = False):
     os.close(fd)
     try:
         yield Path(tmp)
-        publish(tmp, p)
+        publish(tmp, p, overwrite)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -68,10 +68,19 @@ def test_debug_shows_the_traceback(tmp_path):
     assert code != 0 and "Traceback" in err and "missing.mp4" in err
 
 
-def test_a_subcommand_that_is_not_built_says_so(monkeypatch, capsys):
-    monkeypatch.setitem(cli.COMMANDS, "bench", ("run the benchmarks", None))
-    assert cli.main(["bench"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+def test_a_mistyped_option_is_one_line_and_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["generate", "--frames", "abc", "a red ball"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--frames: invalid int value: 'abc'" in err and "spacetime generate --help" in err
+
+
+def test_a_path_the_system_refuses_is_a_one_line_error(tmp_path, capsys):
+    long_name = tmp_path / ("a" * 300 + ".png")  # longer than a file name may be
+    assert cli.main(["info", str(long_name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("spacetime info: error:") and err.count("\n") == 1
 
 
 def test_bench_refuses_an_unknown_name(monkeypatch, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Training configs: strict YAML, typed values, command-line overrides, the shipped files."""
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,14 @@ def test_resolved_config_round_trips():
     from pipelines.config import from_dict
 
     assert from_dict(TrainConfig, cfg.to_dict()) == cfg
+
+
+def test_flag_values_stay_strings_where_yaml_would_read_them_otherwise(tmp_path):
+    from pipelines.commands.train import add_arguments, overrides_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    for out in ("2024", "yes", "runs/exp #2", "null"):
+        args = parser.parse_args(["c.yaml", "--out", out, "--data", out, "--lr", "3e-4", "--steps", "7"])
+        cfg = load_config(None, overrides_from_args(args))
+        assert (cfg.out, cfg.data.root, cfg.optim.lr, cfg.steps) == (out, out, 3e-4, 7)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -175,3 +176,16 @@ def test_info_on_a_model_folder_reports_size_flops_and_native_settings(model, ca
     given = info["flops_per_step"]
     assert cli.main(["info", str(model)]) == 0  # no --frames / --size: the model's native clip (9 x 32x32)
     assert json.loads(capsys.readouterr().out)["flops_per_step"] == given
+    assert cli.main(["info", str(model), "--size", "0x0"]) == 2
+    assert cli.main(["info", str(model), "--frames", "-5"]) == 2
+    assert "--size '0x0'" in capsys.readouterr().err
+
+
+def test_info_on_a_model_folder_with_a_mistyped_config_names_the_file(model, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    config = broken / "transformer" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "hidden_size": "256"}))
+    assert cli.main(["info", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config} does not describe a VideoDiT that can be built" in err and err.count("\n") == 1

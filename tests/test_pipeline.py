@@ -1,6 +1,7 @@
 """SpacetimePipeline: text-to-video, image-to-video, extension, interpolation, model folders, bad input."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -253,6 +254,11 @@ def test_a_model_folder_from_a_newer_format_or_another_class_is_refused(pipe, tm
     path.write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(UserError, match="describes a StableDiffusionPipeline, not a spacetime-video model"):
         SpacetimePipeline.from_pretrained(folder)
+    for key, value, says in (("height", "64", "a whole number of pixels"), ("fps", None, "a positive number"),
+                             ("context_noise", 2, "a number in [0, 1]"), ("shift", -1, "or null for automatic")):
+        path.write_text(json.dumps({**index, key: value}))
+        with pytest.raises(UserError, match=rf"model_index.json: {key}={json.dumps(value)}; expected .*{re.escape(says)}"):
+            SpacetimePipeline.from_pretrained(folder)
     del index["format"]  # folders written before the field existed still load
     path.write_text(json.dumps(index))
     SpacetimePipeline.from_pretrained(folder)

@@ -64,6 +64,17 @@ def _tiny_encoder_folder(tmp_path, kind, minilm):
     return folder
 
 
+def test_an_encoder_folder_with_pickled_weights_is_refused(tmp_path, minilm):
+    from safetensors.torch import load_file
+
+    folder = _tiny_encoder_folder(tmp_path, "t5", minilm)
+    weights = folder / "model.safetensors"
+    torch.save(load_file(weights), folder / "pytorch_model.bin")  # the same weights, pickled
+    weights.unlink()
+    with pytest.raises(ValueError, match="has no .safetensors weights; pickled weights"):
+        TextEncoder(folder)
+
+
 def test_other_transformers_encoders(tmp_path, minilm):
     t5 = TextEncoder(_tiny_encoder_folder(tmp_path, "t5", minilm))
     clip = TextEncoder(_tiny_encoder_folder(tmp_path, "clip", minilm))

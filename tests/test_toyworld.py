@@ -1,6 +1,7 @@
 """The toy world: scenes, renders, captions, the caption parser and the dataset maker."""
 
 import json
+import os
 import re
 from collections import Counter
 
@@ -166,8 +167,17 @@ def test_make_dataset_command(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["split"] == "heldout"
     captions = [json.loads(line)["caption"] for line in (out / "captions.jsonl").read_text().splitlines()]
     assert all(set(re.findall(r"[a-z]+", c)) & HELDOUT_WORDS for c in captions)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~_umask()  # as a plain mkdir makes it
     assert main(["make-dataset", str(tmp_path / "bad"), "--frames", "6"]) == 2
     assert "1 + 4k" in capsys.readouterr().err
+    assert main(["make-dataset", str(tmp_path / "bad"), "--seed", "-1"]) == 2
+    assert "--seed must be 0 or more, got -1" in capsys.readouterr().err
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_training_captions_vary_the_colour_word_and_keep_the_plain_one_common():

@@ -116,6 +116,31 @@ def test_keeps_only_the_last_checkpoints(tmp_path, cache):
     assert [p.name for p in training.list_checkpoints(run)] == ["step_00000004", "step_00000005"]
 
 
+def test_a_new_run_refuses_a_folder_that_holds_another_run(tmp_path, cache):
+    config = tiny_config(tmp_path, cache, steps=6, save_every=3)
+    training.train(load_config(config))
+    run = tmp_path / "run"
+    code, err = cli("train", config, "--steps", 3)
+    assert code == 2 and f"{run} already holds a run" in err and f"--resume {run}" in err and "--overwrite" in err
+    assert [p.name for p in training.list_checkpoints(run)] == ["step_00000003", "step_00000006"]  # untouched
+    code, err = cli("train", config, "--steps", 3, "--overwrite")
+    assert code == 0, err
+    assert [p.name for p in training.list_checkpoints(run)] == ["step_00000003"]  # the old run is gone
+    assert sorted(losses(run)) == [1, 2, 3] and training.read_state(run / "checkpoints" / "step_00000003")["config"]["steps"] == 3
+
+
+def test_export_of_a_damaged_checkpoint_is_a_one_line_error(tmp_path, cache):
+    run = training.train(load_config(tiny_config(tmp_path, cache, steps=3, save_every=3)))
+    state = run / "checkpoints" / "step_00000003" / "state.json"
+    for text, says in (("{}", "lacks or mistypes step, world_size, config"), ("{oops", "is not readable JSON")):
+        state.write_text(text)
+        code, err = cli("train", "--export", state.parent, "--out", tmp_path / "exported")
+        assert code == 2 and f"{state} {says}" in err and err.count("\n") == 1
+    code, err = cli("train", "--export", tmp_path / "nowhere", "--out", tmp_path / "exported")
+    assert code == 2 and err.startswith(f"spacetime train: error: --export {tmp_path / 'nowhere'}: no such folder")
+    assert not (tmp_path / "exported").exists()
+
+
 def test_resume_from_a_folder_that_is_not_a_checkpoint(tmp_path, cache):
     (tmp_path / "nothing").mkdir()
     with pytest.raises(UserError, match="not a checkpoint"):

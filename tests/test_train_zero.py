@@ -37,6 +37,31 @@ def test_two_process_zero_run_learns_and_exports(tmp_path, stage):
     assert out_raw.abs().sum() > 0 and not torch.allclose(out_ema, out_raw)  # trained, and EMA differs
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["world_size"] == 2 and state["config"]["deepspeed"].endswith(f"zero{stage}.json")
+    # resumed (DeepSpeed's pickled states, loaded tensors-only) for two more steps
+    result = spacetime("train", config, "--deepspeed", REPO / f"configs/deepspeed/zero{stage}.json", "--nproc", 2,
+                       "--resume", run, "--steps", 10)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(losses(run)) == list(range(1, 11)) and (run / "checkpoints" / "step_00000010").is_dir()
+
+
+def test_checkpoint_pickles_load_tensors_only(tmp_path):
+    from pipelines.distributed import tensors_only_unpickling
+    from pipelines.errors import UserError
+
+    marker = tmp_path / "code_ran"
+
+    class Payload:  # unpickling it would call open(marker, "w")
+        def __reduce__(self):
+            return open, (str(marker), "w")
+
+    torch.save({"w": torch.ones(2), "x": Payload()}, tmp_path / "evil.pt")
+    with tensors_only_unpickling(), pytest.raises(UserError, match="evil.pt: refused to load"):
+        torch.load(tmp_path / "evil.pt", weights_only=False)  # as DeepSpeed calls it
+    assert not marker.exists()
+    torch.save({"w": torch.ones(2)}, tmp_path / "plain.pt")
+    with tensors_only_unpickling():
+        assert torch.load(tmp_path / "plain.pt", weights_only=False)["w"].sum() == 2
+    assert torch.load is not None and "tensors_only" not in torch.load.__qualname__  # restored on exit
 
 
 def test_zero_config_that_does_not_fit_the_world_size(tmp_path):

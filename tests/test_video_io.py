@@ -139,6 +139,37 @@ def test_existing_output_is_not_overwritten_without_permission(tmp_path):
         write_video(frames_dir, moving_square(3), fps=8)
 
 
+def test_a_file_that_appears_while_writing_is_kept(tmp_path):
+    target = tmp_path / "clip.mp4"
+    writer = VideoWriter(target, fps=8)
+    writer.write(moving_square(4))
+    target.write_bytes(b"another program's file")
+    with pytest.raises(UserError, match="appeared while it was being written; it was kept"):
+        writer.close()
+    assert target.read_bytes() == b"another program's file"
+    assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]  # no temporary left behind
+    with VideoWriter(target, fps=8, overwrite=True) as writer:  # with --overwrite the new clip wins
+        writer.write(moving_square(4))
+        target.write_bytes(b"again")
+    assert read_video(target).num_frames == 4
+
+
+def test_an_existing_sidecar_is_not_overwritten_without_permission(tmp_path):
+    sidecar_path(tmp_path / "clip.mp4").write_text("{}")
+    with pytest.raises(UserError, match=r"clip\.mp4\.json already exists; pass --overwrite"):
+        write_video(tmp_path / "clip.mp4", moving_square(3), fps=8, sidecar={"seed": 1})
+    assert not (tmp_path / "clip.mp4").exists()
+    write_video(tmp_path / "clip.mp4", moving_square(3), fps=8, sidecar={"seed": 1}, overwrite=True)
+    assert '"seed": 1' in sidecar_path(tmp_path / "clip.mp4").read_text()
+
+
+def test_a_folder_of_frames_of_mixed_sizes_names_the_odd_frame(tmp_path):
+    folder = write_video(f"{tmp_path}/frames/", moving_square(3), fps=8)
+    Image.new("RGB", (20, 10)).save(folder / "frame_00001.png")
+    with pytest.raises(UserError, match=r"frame_00001\.png is 20x10 but frame_00000\.png is 48x32"):
+        read_video(folder)
+
+
 def test_unknown_output_extension_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"\.avi.*use \.mp4"):
         check_writable(tmp_path / "clip.avi")

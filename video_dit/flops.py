@@ -29,6 +29,20 @@ def _config_dict(model_or_config) -> dict:
     return {**defaults, **{k: v for k, v in config.items() if not k.startswith("_")}}
 
 
+def _check_config(config: dict, path) -> None:
+    """ValueError unless the config builds a VideoDiT (built on the meta device: no memory used)."""
+    import torch
+
+    from video_dit.model import VideoDiT
+
+    try:
+        with torch.device("meta"):
+            VideoDiT.from_config(config)
+    except Exception as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} does not describe a VideoDiT that can be built ({message})") from None
+
+
 def _signature(fn):
     import inspect
 
@@ -132,6 +146,7 @@ def describe(
     config = json.loads(config_path.read_text())
     if config.get("_class_name") != "VideoDiT":
         raise ValueError(f"{config_path} describes a {config.get('_class_name')!r}, not a VideoDiT")
+    _check_config(config, config_path)
     full = _config_dict(config)
     if pixels:
         tf, sf = _vae_factors(root)

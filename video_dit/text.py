@@ -39,14 +39,18 @@ def default_encoder_path() -> str:
 
 
 def _load_encoder(path: str):
-    """The encoder part of whatever model the folder holds (BERT-like, T5, CLIP)."""
+    """The encoder part of whatever model the folder holds (BERT-like, T5, CLIP). Its weights must
+    be safetensors: a pickled checkpoint (pytorch_model.bin) is refused, never unpickled."""
     from transformers import AutoConfig, AutoModel, CLIPTextModel
 
+    if not any(Path(path).glob("*.safetensors")):
+        raise ValueError(f"text encoder folder {path} has no .safetensors weights; pickled weights "
+                         f"(pytorch_model.bin) are not loaded: convert them to model.safetensors")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
-    if config.model_type in ("clip", "clip_text_model"):
-        model = CLIPTextModel.from_pretrained(path, local_files_only=True)
+    model_cls = CLIPTextModel if config.model_type in ("clip", "clip_text_model") else AutoModel
+    model = model_cls.from_pretrained(path, local_files_only=True, use_safetensors=True)
+    if model_cls is CLIPTextModel:
         return model, model.config.hidden_size
-    model = AutoModel.from_pretrained(path, local_files_only=True)
     if getattr(config, "is_encoder_decoder", False):
         model = model.get_encoder()  # T5 / UMT5 / BART: keep the encoder only
     dim = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)

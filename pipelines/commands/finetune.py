@@ -38,13 +38,15 @@ def add_arguments(parser) -> None:
 def finetune_overrides(args, base: Path, index: dict) -> list[str]:
     """The training config of a fine-tune, as overrides of the TrainConfig defaults (from the flags and the
     base model's model_index.json; written to OUT/training/finetune.yaml)."""
+    from pipelines.config import override
+
     frames, height, width = index.get("native_frames", 17), index.get("height", 64), index.get("width", 64)
     encoders = ["default" if n == "minilm" else str(base / n) for n in index.get("text_encoders", [])]
     lr = args.lr if args.lr is not None else (1e-3 if args.lora_rank else 1e-4)
     items = {
-        "model.kind": "dit", "model.init": str(base), "model.vae": str(base), "model.text_encoders": json.dumps(encoders),
+        "model.kind": "dit", "model.init": str(base), "model.vae": str(base), "model.text_encoders": encoders,
         "data.root": str(args.data), "data.frames": frames, "data.fps": index.get("fps", 8.0),
-        "data.buckets": json.dumps([[frames, height, width], [1, height, width]]), "data.batch_size": args.batch_size,
+        "data.buckets": [[frames, height, width], [1, height, width]], "data.batch_size": args.batch_size,
         "optim.lr": lr, "optim.warmup_steps": min(10, args.steps // 10), "optim.schedule": "constant",
         "lora.rank": args.lora_rank, "steps": args.steps, "ema_decay": 0.0, "log_every": 10,
         "save_every": max(1, args.steps // 2), "keep_last": 1, "sample_every": 0, "tensorboard": False,
@@ -52,7 +54,7 @@ def finetune_overrides(args, base: Path, index: dict) -> list[str]:
     }
     if args.deepspeed:
         items["deepspeed"] = args.deepspeed
-    return [f"{k}={v}" for k, v in items.items()] + list(args.overrides)
+    return [override(k, v) for k, v in items.items()] + list(args.overrides)
 
 
 def run(args) -> int:
@@ -81,7 +83,7 @@ def run(args) -> int:
     import yaml
 
     config_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    status = train_main(str(config_path), [], str(run_dir) if args.resume else None, args.nproc)
+    status = train_main(str(config_path), [], str(run_dir) if args.resume else None, args.nproc, args.overwrite)
     if status != 0:
         return status
     # the model folder: the base with the fine-tuned (merged) DiT

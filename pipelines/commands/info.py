@@ -26,8 +26,11 @@ def describe_model_folder(path: Path, frames: int | None, size: str | None) -> d
         from video_dit import describe
 
         width, height = _parse_size(size) if size else (None, None)
-        index_path = path / "model_index.json"
-        index = _read_json(index_path) if index_path.is_file() else None
+        index = None
+        if (path / "model_index.json").is_file():
+            from pipelines.pipeline import _read_index
+
+            index = _read_index(path)
         if index is not None:  # a whole model folder: FLOPs at its native clip unless told otherwise
             frames = frames if frames is not None else index.get("native_frames")
             if size is None:
@@ -49,8 +52,10 @@ def _read_json(path: Path) -> dict:
 def _parse_size(size: str) -> tuple[int, int]:
     try:
         width, height = (int(v) for v in size.lower().split("x"))
-    except ValueError as err:
-        raise UserError(f"--size {size!r}: expected WIDTHxHEIGHT in pixels, e.g. 256x256") from err
+    except ValueError:
+        width = height = 0
+    if width < 1 or height < 1:
+        raise UserError(f"--size {size!r}: expected WIDTHxHEIGHT in positive pixels, e.g. 256x256")
     return width, height
 
 
@@ -58,6 +63,8 @@ def run(args) -> int:
     from pipelines.video_io import probe
 
     path = Path(args.path)
+    if args.frames is not None and args.frames < 1:
+        raise UserError(f"--frames {args.frames}: expected 1 or more frames")
     if path.is_dir():
         described = describe_model_folder(path, args.frames, args.size)
         if described is not None:

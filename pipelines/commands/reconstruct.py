@@ -96,7 +96,7 @@ def run(args) -> int:
         raise UserError(f"--tile {args.tile}: use a multiple of 8 such as 256")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU here; use --device cpu")
-    check_writable(args.out, overwrite=args.overwrite)
+    check_writable(args.out, overwrite=args.overwrite, sidecar=True)
     vae, vae_name = load_vae(args.vae)
     vae.to(args.device).eval().requires_grad_(False)
     if args.tile is not None:

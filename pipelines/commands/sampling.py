@@ -118,14 +118,15 @@ def run_sampling(args, task: str) -> int:
         raise UserError('the prompt is empty; describe the clip, e.g. "a red circle moves to the right"')
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames {args.frames}; ask for 1 or more frames")
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed {args.seed}; use a whole number from 0 to 2**63 - 1")
     model = resolve_model(args.model)
 
     out = Path(args.out) if args.out else default_output(args.prompt)
     out_text = args.out if args.out else str(out)
-    check_writable(out_text, args.overwrite)
-    for extra in [sidecar_path(out_text)] + ([preview_path(out)] if args.preview else []):
-        if extra.exists() and not args.overwrite:
-            raise UserError(f"{extra} already exists; pass --overwrite to replace it")
+    check_writable(out_text, args.overwrite, sidecar=True)
+    if args.preview and preview_path(out).exists() and not args.overwrite:
+        raise UserError(f"{preview_path(out)} already exists; pass --overwrite to replace it")
 
     # Inputs are read before the model is loaded: a bad file fails fast.
     image = video = None

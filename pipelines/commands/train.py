@@ -48,17 +48,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--pipeline", metavar="DIR",
                         help="with --export of a DiT checkpoint: also write a complete model folder (its run's "
                              "VAE and text encoders) that spacetime generate --model and spacetime eval --model take")
-    parser.add_argument("--overwrite", action="store_true", help="with --export: replace an existing --out folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out folder: with --export, the model folder; in training, "
+                             "start a new run over the checkpoints and model an earlier run left there")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by the DeepSpeed launcher
 
 
 def overrides_from_args(args) -> list[str]:
     """The config overrides the command line asks for: explicit flags first, then --set in order."""
+    from pipelines.config import override
+
     items = []
     for flag, key in FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            items.append(f"{key}={value}")
+            items.append(override(key, value))
     return items + list(args.overrides)
 
 
@@ -77,17 +81,20 @@ def run(args) -> int:
         raise UserError("--pipeline goes with --export CHECKPOINT")
     if not args.config:
         raise UserError("spacetime train needs a CONFIG file, e.g. configs/train/dit_tiny.yaml (or --export CHECKPOINT)")
-    return train_main(args.config, overrides_from_args(args), args.resume, args.nproc)
+    return train_main(args.config, overrides_from_args(args), args.resume, args.nproc, args.overwrite)
 
 
-def train_main(config: str, overrides: list[str], resume: str | None, nproc: int) -> int:
-    """Check everything that can be checked, then train here or in `nproc` local processes."""
+def train_main(config: str, overrides: list[str], resume: str | None, nproc: int, overwrite: bool = False) -> int:
+    """Check everything that can be checked, then train here or in `nproc` local processes.
+    `overwrite` clears an earlier run's checkpoints and model from the run folder of a new run."""
     from pipelines import distributed, train
     from pipelines.config import load_config
 
     cfg = load_config(config, overrides)
     if resume:
         train.find_checkpoint(resume)
+    elif not overwrite:
+        train.check_new_run(cfg.out)
     if nproc < 1:
         raise UserError(f"--nproc {nproc}: expected 1 or more processes")
     launched = "WORLD_SIZE" in os.environ
@@ -99,8 +106,10 @@ def train_main(config: str, overrides: list[str], resume: str | None, nproc: int
         argv = ["train", config, *[a for o in overrides for a in ("--set", o)]]
         if resume:
             argv += ["--resume", resume]
+        if overwrite:
+            argv += ["--overwrite"]
         return distributed.launch_local(argv, nproc)
-    out = train.train(cfg, resume=resume)
+    out = train.train(cfg, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {cfg.steps} steps; model: {out / 'model'}")
     return 0

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 
 from pipelines.data.folder import SkippedFileWarning, _report_skip, skip_summary
 from pipelines.errors import UserError
+from pipelines.video_io import replace_folder
 
 FORMAT = "spacetime-latent-cache"
 VERSION = 1
@@ -122,17 +123,7 @@ class LatentCacheWriter:
             json.dump(index, f, indent=1)
             f.write("\n")
         _share_like_new_files(self._tmp)
-        old = None
-        if self.out.exists():
-            if any(self.out.iterdir()):
-                old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
-                os.replace(self.out, old)
-            else:
-                self.out.rmdir()
-        os.replace(self._tmp, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.out
+        return replace_folder(self._tmp, self.out)
 
     def abort(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)

@@ -27,6 +27,7 @@ from pipelines.errors import UserError
 from pipelines.toyworld.captions import write_caption
 from pipelines.toyworld.render import render_scene
 from pipelines.toyworld.scenes import SPLITS, sample_scene
+from pipelines.video_io import replace_folder
 
 FORMATS = ("auto", "mp4", "gif")
 
@@ -52,6 +53,8 @@ class DatasetSpec:
             raise UserError(f"--frames must be 1 + 4k and at least 5 (5, 9, 17, 33, ...), got {self.frames}")
         if self.height < 8 or self.width < 8:
             raise UserError(f"--height and --width must be at least 8, got {self.height}x{self.width}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or more, got {self.seed}")
         if self.split not in SPLITS:
             raise UserError(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if not 0.0 <= self.camera_fraction <= 1.0:
@@ -148,18 +151,8 @@ def make_dataset(out: str | os.PathLike, spec: DatasetSpec, *, workers: int = 1,
                 "captions_per_clip": spec.captions_per_clip,
                 "camera_clips": sum(r["scene"]["camera"] is not None for r in records)}
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
