@@ -454,6 +454,14 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False, sidecar: bo
     parent = p.parent
     if parent.exists() and not parent.is_dir():
         raise UserError(f"{parent} is not a folder")
+    if parent.is_dir():  # try it: permission bits do not tell (root, read-only file systems)
+        try:
+            fd, probe_file = tempfile.mkstemp(prefix=f".{p.name}.probe-", dir=parent)
+        except OSError as err:
+            raise UserError(f"cannot write {p}: the folder {parent} refuses new files ({err.strerror}); "
+                            f"choose another output path") from None
+        os.close(fd)
+        os.unlink(probe_file)
     return kind
 
 

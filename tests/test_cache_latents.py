@@ -33,6 +33,12 @@ def test_bad_folders_are_refused_before_any_work(tmp_path, capsys):
     assert cli.main(["cache-latents", "--data", str(tmp_path), "--out", str(busy), "--overwrite"]) == 2
     assert "holds no latent cache" in capsys.readouterr().err
     assert (busy / "notes.txt").read_text() == "keep me"
+    for flags, says in ((["--frames", "0"], "--frames must be 1 or more, got 0"),
+                        (["--fps", "-2"], "--fps must be 0 (every frame) or a positive rate, got -2"),
+                        (["--captions", str(tmp_path / "none.csv")], "none.csv: no such file")):
+        assert cli.main(["cache-latents", "--data", str(tmp_path), "--out", str(tmp_path / "c"), *flags]) == 2
+        captured = capsys.readouterr()
+        assert says in captured.err and captured.err.count("\n") == 1  # nothing loaded, no progress shown
 
 
 @pytest.fixture

@@ -170,6 +170,12 @@ def test_a_folder_of_frames_of_mixed_sizes_names_the_odd_frame(tmp_path):
         read_video(folder)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, which takes no new files")
+def test_a_folder_that_takes_no_new_files_is_refused_before_any_work():
+    with pytest.raises(UserError, match="cannot write /proc/clip.mp4: the folder /proc refuses new files"):
+        check_writable("/proc/clip.mp4")
+
+
 def test_unknown_output_extension_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"\.avi.*use \.mp4"):
         check_writable(tmp_path / "clip.avi")

@@ -68,6 +68,14 @@ def run(args) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
     if args.workers < 0 or args.patch < 1:
         raise UserError("--workers must be 0 or more and --patch 1 or more")
+    for name in ("frames", "min_frames", "size"):  # before the models load: a typo fails fast
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {value}")
+    if not args.fps >= 0:
+        raise UserError(f"--fps must be 0 (every frame) or a positive rate, got {args.fps:g}")
+    if args.captions is not None and not Path(args.captions).is_file():
+        raise UserError(f"--captions {args.captions}: no such file; give a .csv or .jsonl manifest")
     device = _device(args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
 
