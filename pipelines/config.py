@@ -251,7 +251,7 @@ def override(key: str, value) -> str:
     """The `key=value` override that parses back to exactly `value`: JSON is YAML, so a string from a
     flag stays a string ("2024", "yes", "runs/exp #2") where bare YAML would make it a number, a bool
     or cut it at the '#'."""
-    return f"{key}={json.dumps(value)}"
+    return f"{key}={json.dumps(value, ensure_ascii=False)}"
 
 
 def apply_override(cfg: TrainConfig, item: str) -> TrainConfig:

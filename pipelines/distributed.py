@@ -46,13 +46,13 @@ from pipelines.errors import UserError
 @contextlib.contextmanager
 def tensors_only_unpickling():
     """Within this block, every `torch.load` (DeepSpeed's checkpoint engine and zero_to_fp32 call it
-    with weights_only=False) runs with weights_only=True: tensors, containers and the three record
-    types a ZeRO checkpoint holds may be rebuilt, and a file that asks for anything else (code) is
+    with weights_only=False) runs with weights_only=True: tensors, containers and the record types a
+    ZeRO checkpoint holds (loss scalers, the ZeRO stage, fragment addresses) may be rebuilt, and a file that asks for anything else (code) is
     refused with a UserError naming it instead of being run."""
     import pickle
     import warnings
 
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
@@ -70,7 +70,7 @@ def tensors_only_unpickling():
 
     torch.load = load
     try:
-        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
             yield
     finally:
         torch.load = real_load

@@ -682,8 +682,8 @@ _SETTINGS = ("native_frames", "height", "width", "fps", "num_inference_steps", "
              "context_latent_frames", "context_noise")
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _is_int(v) -> bool:  # 64 or 64.0 (the pipeline takes int() of it)
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
 
 
 def _is_number(v) -> bool:

@@ -572,6 +572,10 @@ class VideoWriter:
         if not self.path.exists():
             publish(self._tmp, self.path)
             return
+        if not self.overwrite and _png_frames(self.path):  # frames that appeared while these were made
+            self.abort()
+            raise UserError(f"{self.path} received PNG frames while this clip was being written; they were "
+                            f"kept: pass --overwrite to replace them or choose another folder")
         # An existing folder (checked for --overwrite up front): drop its old frames, move ours in.
         for old in _png_frames(self.path):
             if old.name.startswith("frame_"):
@@ -661,7 +665,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
         for chunk in chunks:
             writer.write(chunk)
     if sidecar is not None:
-        write_json(sidecar_path(writer.path), sidecar, overwrite=True)
+        write_json(sidecar_path(writer.path), sidecar, overwrite=overwrite)
     return writer.path
 
 

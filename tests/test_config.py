@@ -83,7 +83,7 @@ def test_flag_values_stay_strings_where_yaml_would_read_them_otherwise(tmp_path)
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    for out in ("2024", "yes", "runs/exp #2", "null"):
+    for out in ("2024", "yes", "runs/exp #2", "null", "runs/🎬 take 1"):
         args = parser.parse_args(["c.yaml", "--out", out, "--data", out, "--lr", "3e-4", "--steps", "7"])
         cfg = load_config(None, overrides_from_args(args))
         assert (cfg.out, cfg.data.root, cfg.optim.lr, cfg.steps) == (out, out, 3e-4, 7)

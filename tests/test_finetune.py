@@ -35,6 +35,12 @@ def test_finetune_a_folder_of_clips_into_a_model_that_generates(tmp_path, capsys
     assert (tmp_path / "clip.mp4").is_file()
     code, err = cli("finetune", "--data", data, "--out", out, "--base", base, "--steps", 3)
     assert code == 2 and "already holds a model" in err
+    (out / "model_index.json").unlink()  # as if the fine-tune had stopped before writing its model
+    code, err = cli("finetune", "--data", data, "--out", out, "--base", base, "--steps", 3)
+    assert code == 2 and "holds an unfinished fine-tune (step_00000003); continue it with --resume" in err
+    code, err = cli("finetune", "--data", data, "--out", out, "--base", base, "--steps", 2, "--overwrite")
+    assert code == 0, err  # started over: the earlier run's checkpoints are gone
+    assert [p.name for p in (out / "training" / "checkpoints").iterdir()] == ["step_00000002"]
 
 
 def test_finetune_refuses_an_empty_folder(tmp_path):

@@ -154,6 +154,18 @@ def test_a_file_that_appears_while_writing_is_kept(tmp_path):
     assert read_video(target).num_frames == 4
 
 
+def test_frames_that_appear_in_the_output_folder_while_writing_are_kept(tmp_path):
+    folder = tmp_path / "frames"
+    writer = VideoWriter(f"{folder}/", fps=8)
+    writer.write(moving_square(3))
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "frame_00000.png")
+    with pytest.raises(UserError, match="received PNG frames while this clip was being written"):
+        writer.close()
+    assert [p.name for p in folder.iterdir()] == ["frame_00000.png"] and read_image(folder / "frame_00000.png").shape == (8, 8, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]  # no temporary left behind
+
+
 def test_an_existing_sidecar_is_not_overwritten_without_permission(tmp_path):
     sidecar_path(tmp_path / "clip.mp4").write_text("{}")
     with pytest.raises(UserError, match=r"clip\.mp4\.json already exists; pass --overwrite"):

@@ -75,9 +75,14 @@ def run(args) -> int:
     index = json.loads(index_path.read_text())
     overrides = finetune_overrides(args, base, index)
     cfg = load_config(None, overrides)
+    run_dir = Path(cfg.out)
+    from pipelines.train import list_checkpoints
+
+    if list_checkpoints(run_dir) and not (args.resume or args.overwrite):
+        raise UserError(f"{run_dir} holds an unfinished fine-tune ({list_checkpoints(run_dir)[-1].name}); "
+                        f"continue it with --resume, or pass --overwrite to start over")
     print_plan(cfg, base, args.nproc)
 
-    run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "finetune.yaml"
     import yaml

@@ -118,8 +118,8 @@ def run_sampling(args, task: str) -> int:
         raise UserError('the prompt is empty; describe the clip, e.g. "a red circle moves to the right"')
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames {args.frames}; ask for 1 or more frames")
-    if args.seed is not None and not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed {args.seed}; use a whole number from 0 to 2**63 - 1")
+    if args.seed is not None and not -(2**63) <= args.seed < 2**64:
+        raise UserError(f"--seed {args.seed}; use a whole number from -2**63 to 2**64 - 1")
     model = resolve_model(args.model)
 
     out = Path(args.out) if args.out else default_output(args.prompt)
