@@ -47,8 +47,8 @@ from pipelines.errors import UserError
 def tensors_only_unpickling():
     """Within this block, every `torch.load` (DeepSpeed's checkpoint engine and zero_to_fp32 call it
     with weights_only=False) runs with weights_only=True: tensors, containers and the record types a
-    ZeRO checkpoint holds (loss scalers, the ZeRO stage, fragment addresses) may be rebuilt, and a file that asks for anything else (code) is
-    refused with a UserError naming it instead of being run."""
+    ZeRO checkpoint holds (loss scalers, the ZeRO stage, fragment addresses) may be rebuilt, and a
+    file that asks for anything else (code) is refused with a UserError naming it, not run."""
     import pickle
     import warnings
 

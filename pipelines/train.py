@@ -270,14 +270,15 @@ class VAETask(Task):
     def load(self, folder: Path) -> None:
         # the latent statistics are config, not weights: a resumed run takes the checkpoint's (a
         # fitted shortcut's), so that its later checkpoints export with them too
-        config = read_state(folder)["model_config"]
+        state = read_state(folder)
+        config = state["model_config"]
         if config.get("latents_mean") is not None and config.get("latents_std") is not None:
             self.model.set_latent_stats(config["latents_mean"], config["latents_std"])
         if self.disc is None:
             return
         if self.disc.saved_in(folder):
             self.disc.load(folder)
-        elif read_state(folder)["step"] > self.cfg.vae.disc_start:
+        elif state["step"] > self.cfg.vae.disc_start:
             warnings.warn(f"{folder} has no discriminator state; the discriminator starts from random weights")
 
     @torch.no_grad()

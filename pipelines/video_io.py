@@ -619,23 +619,23 @@ def publish(tmp: str | os.PathLike, final: str | os.PathLike, overwrite: bool = 
     Without `overwrite`, a file that appeared under that name meanwhile is kept and UserError raised
     (the temporary is removed): a hard link claims the name only if it is still free."""
     _default_mode(tmp)
-    if not overwrite and not os.path.isdir(tmp):
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            os.unlink(tmp)
-            raise UserError(f"{final} appeared while it was being written; it was kept: pass --overwrite "
-                            f"to replace it or choose another name") from None
-        except OSError:  # a file system without hard links: check, then move
-            if os.path.exists(final):
-                os.unlink(tmp)
-                raise UserError(f"{final} appeared while it was being written; it was kept: pass --overwrite "
-                                f"to replace it or choose another name") from None
-            os.replace(tmp, final)
-        else:
-            os.unlink(tmp)
+    if overwrite or os.path.isdir(tmp):
+        os.replace(tmp, final)
         return
-    os.replace(tmp, final)
+    try:
+        os.link(tmp, final)  # fails if the name is taken
+        claimed = True
+    except FileExistsError:
+        claimed = False
+    except OSError:  # a file system without hard links: check, then move
+        claimed = not os.path.exists(final)
+        if claimed:
+            os.replace(tmp, final)
+            return
+    os.unlink(tmp)
+    if not claimed:
+        raise UserError(f"{final} appeared while it was being written; it was kept: pass --overwrite "
+                        f"to replace it or choose another name")
 
 
 def replace_folder(tmp: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -63,15 +63,12 @@ def run(args) -> int:
     if not Path(args.data).is_dir():
         raise UserError(f"{args.data}: no such data folder" if not Path(args.data).exists()
                         else f"{args.data} is not a folder; give a folder of videos and/or images")
-    for name in ("batch_size", "shard_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {getattr(args, name)}")
-    if args.workers < 0 or args.patch < 1:
-        raise UserError("--workers must be 0 or more and --patch 1 or more")
-    for name in ("frames", "min_frames", "size"):  # before the models load: a typo fails fast
+    for name in ("batch_size", "shard_size", "frames", "min_frames", "size"):  # before the models load
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be 1 or more, got {value}")
+    if args.workers < 0 or args.patch < 1:
+        raise UserError("--workers must be 0 or more and --patch 1 or more")
     if not args.fps >= 0:
         raise UserError(f"--fps must be 0 (every frame) or a positive rate, got {args.fps:g}")
     if args.captions is not None and not Path(args.captions).is_file():
