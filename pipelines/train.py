@@ -182,7 +182,7 @@ class DiTTask(Task):
             uncond = dict(text_states=states, text_masks=masks)
         noise = torch.randn((len(prompts), *shape), generator=generator).to(self.device)
         latents = flow.sample(model, noise, cond, uncond, guidance=cfg.sample_guidance, num_steps=cfg.sample_steps,
-                              shift=cfg.shift)
+                              shift=cfg.shift, context_noise=cfg.context_noise)
         return self.vae.decode_latents(latents)
 
 

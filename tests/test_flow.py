@@ -127,6 +127,34 @@ def test_context_noise_level_for_given_frames():
     assert not torch.equal(x_t[:, :, 0], x0[:, :, 0])
 
 
+@pytest.mark.parametrize("steps", [30, 35, 70, 200])
+def test_sampled_frames_never_sit_at_the_context_level(steps):
+    # 35 steps at shift 5/3 put a sigma at 0.0507 and 70 at exactly 0.05, the level a model trained
+    # with context noise 0.05 reads as "given": those move to the edge of the band, the rest stay
+    x0 = torch.randn(1, 2, 3, 4, 4)
+    given = torch.randn_like(x0)
+    mask = torch.tensor([[True, False, False]])
+    model = Oracle(x0)
+    out = flow.sample(model, torch.randn_like(x0), num_steps=steps, shift=5 / 3, given=given, given_mask=mask,
+                      context_noise=0.05)
+    sampled = torch.stack([t[0, 1:] for _, t, _ in model.calls])
+    assert ((sampled - 0.05).abs() >= flow.CONTEXT_BAND - 1e-6).all()
+    assert torch.allclose(torch.stack([t[0, 0] for _, t, _ in model.calls]), torch.tensor(0.05))
+    assert torch.allclose(out[:, :, 1:], x0[:, :, 1:], atol=1e-4)
+    plain = flow.sigmas(steps, 5 / 3).tolist()
+    moved = flow.clear_of_context(plain, 0.05)
+    assert all(a >= b for a, b in zip(moved, moved[1:]))  # still a schedule
+    assert sum(a != b for a, b in zip(plain, moved)) == (0 if steps == 30 else 1)
+
+
+def test_text_to_video_keeps_clear_of_the_context_level_too():
+    x0 = torch.randn(1, 2, 3, 4, 4)
+    model = Oracle(x0)
+    flow.sample(model, torch.randn_like(x0), num_steps=70, shift=5 / 3, context_noise=0.05)
+    assert all(((t - 0.05).abs() >= flow.CONTEXT_BAND - 1e-6).all() for _, t, _ in model.calls)
+    assert flow.clear_of_context([1.0, 0.003, 0.0], 0.0) == [1.0, 0.003, 0.0]  # clean context: nothing moves
+
+
 @pytest.mark.parametrize("method", ["euler", "heun"])
 def test_sampler_follows_the_straight_path(method):
     x0 = torch.randn(1, 2, 3, 4, 4)

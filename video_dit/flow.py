@@ -8,7 +8,8 @@ The model is any callable `model(x_t, timestep, **cond) -> v` taking (B, C, T, H
 
 Given frames (image-to-video, extension, the long-video sampler, interpolation) are frames whose
 latents are known: they are fed at timestep `context_noise` (0 = clean), excluded from the loss,
-and come out of `sample` exactly as they went in.
+and come out of `sample` exactly as they went in. That level is then the model's mark of a given
+frame, so `sample` never shows it a frame being sampled at that level (`clear_of_context`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from einops import rearrange
 
 NUM_TRAIN_TIMESTEPS = 1000  # only used to reproduce diffusers' schedule to the last bit
+CONTEXT_BAND = 0.005  # how close to the context level a sampled frame's timestep may not come
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,6 +100,23 @@ def sigmas(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     s = torch.linspace(1.0, sigma_min, num_steps, dtype=torch.float64)
     s = apply_shift(s, shift).to(torch.float32)
     return torch.cat([s, torch.zeros(1)])
+
+
+def clear_of_context(schedule: list[float], context_noise: float, band: float = CONTEXT_BAND) -> list[float]:
+    """The schedule with each sigma closer than `band` to `context_noise` moved to the band's near edge.
+
+    A model trained with given frames at timestep `context_noise` and no loss on them learns that
+    level as the mark of a given frame, and its estimate for a frame being sampled that arrives
+    there is poor: on the default model the clean-latent error at t = 0.05 is ten times that at
+    0.045 or 0.055, and a schedule with a step there (35 steps at its shift land on 0.0507) loses
+    objects and colours. Moving that one sigma by at most `band` costs nothing measurable. With
+    `context_noise <= band` (clean context) nothing moves.
+    """
+    if context_noise <= band:
+        return list(schedule)
+    return [context_noise + band if 0 <= s - context_noise < band
+            else context_noise - band if 0 < context_noise - s < band
+            else s for s in schedule]
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +232,7 @@ def sample(
     bool mask of frames to hold fixed; they are fed at timestep `context_noise` (with noise fixed
     once from `generator`) and returned exactly as given. method: "euler" or "heun" (second order,
     Euler on the last step). callback_on_step_end(step, sigma, latents) may return new latents.
+    Pass the model's context_noise also when nothing is given: the schedule keeps clear of it.
     """
     if method not in ("euler", "heun"):
         raise ValueError(f"method={method!r}; expected 'euler' or 'heun'")
@@ -246,7 +266,7 @@ def sample(
             v_c, v_u = model(x, t, **cond), model(x, t, **uncond)
         return v_u + guidance * (v_c - v_u)
 
-    schedule = sigmas(num_steps, shift).tolist()
+    schedule = clear_of_context(sigmas(num_steps, shift).tolist(), context_noise)
     for i in range(num_steps):
         s, s_next = schedule[i], schedule[i + 1]
         v = velocity(x, s)
