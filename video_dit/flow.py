@@ -112,11 +112,12 @@ def clear_of_context(schedule: list[float], context_noise: float, band: float = 
     objects and colours. Moving that one sigma by at most `band` costs nothing measurable. With
     `context_noise <= band` (clean context) nothing moves.
     """
-    if context_noise <= band:
-        return list(schedule)
-    return [context_noise + band if 0 <= s - context_noise < band
-            else context_noise - band if 0 < context_noise - s < band
-            else s for s in schedule]
+    out = []
+    for s in schedule:
+        if context_noise > band and abs(s - context_noise) < band:
+            s = context_noise + band if s >= context_noise else context_noise - band
+        out.append(s)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
