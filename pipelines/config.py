@@ -96,6 +96,7 @@ class DiTConfig:
     timestep_sampling: str = "logit_normal"  # "logit_normal" or "uniform"
     shift: float = 1.0  # timestep shift applied to the training distribution
     uniform_share: float = 0.0  # share of timesteps drawn uniformly from (0, 1) instead (not shifted)
+    motion_weight: float = 0.0  # > 0: more loss where the clip changes (video_dit.flow.motion_loss_weight)
     sample_prompts: list[str] = field(default_factory=lambda: ["a red square moves to the right"])
     sample_steps: int = 20  # Euler steps of the preview samples
     sample_guidance: float = 4.0
@@ -176,6 +177,7 @@ class TrainConfig:
             (0 <= self.dit.text_drop <= 1, "dit.text_drop", "a probability in [0, 1]"),
             (self.dit.timestep_sampling in ("logit_normal", "uniform"), "dit.timestep_sampling", "'logit_normal' or 'uniform'"),
             (0.0 <= self.dit.uniform_share <= 1.0, "dit.uniform_share", "a share between 0 and 1"),
+            (self.dit.motion_weight >= 0, "dit.motion_weight", "a number >= 0 (0 turns it off)"),
             (all(p >= 0 for p in dataclasses.astuple(self.dit.given)) and sum(dataclasses.astuple(self.dit.given)) > 0,
              "dit.given", "non-negative probabilities that do not all vanish"),
             (self.data.crop in ("center", "random"), "data.crop", "'center' or 'random'"),

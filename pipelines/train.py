@@ -157,11 +157,12 @@ class DiTTask(Task):
         if states and cfg.text_drop > 0:
             states, masks = drop_encoders(states, masks, cfg.text_drop, generator)
         given = draw_given_mask(x0.shape[0], x0.shape[2], cfg.given, generator)
+        weight = flow.motion_loss_weight(x0, cfg.motion_weight) if cfg.motion_weight > 0 else None
 
         out = flow.training_losses(model, x0, dict(text_states=states, text_masks=masks), given_mask=given,
                                    context_noise=cfg.context_noise, timestep_sampling=cfg.timestep_sampling,
                                    shift=cfg.shift, uniform_share=cfg.uniform_share,
-                                   sample_space=self.predicts_sample, generator=generator)
+                                   sample_space=self.predicts_sample, loss_weight=weight, generator=generator)
         return out["loss"]
 
     @torch.no_grad()

@@ -50,6 +50,8 @@ def test_mistyped_values_are_refused(tmp_path):
 def test_values_are_checked_together(tmp_path):
     with pytest.raises(UserError, match=r"optim\.schedule='linear' is invalid; expected 'cosine' or 'constant'"):
         load_config(write(tmp_path, "data: {root: x}\noptim: {schedule: linear}\n"))
+    with pytest.raises(UserError, match=r"dit\.motion_weight=-1\.0 is invalid; expected a number >= 0"):
+        load_config(write(tmp_path, "data: {root: x}\ndit: {motion_weight: -1.0}\n"))
     with pytest.raises(UserError, match="no data"):
         load_config(write(tmp_path, "steps: 3\n"))
     with pytest.raises(UserError, match="not found"):

@@ -118,6 +118,43 @@ def test_loss_matches_its_definition():
     assert out["loss"].item() == pytest.approx(((noise - x0) ** 2).mean().item(), rel=1e-5)
 
 
+def test_loss_weight_is_a_weighted_mean():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 3, 2, 4, 4, generator=g)
+    zero = lambda x, t, **c: torch.zeros_like(x)  # noqa: E731
+    weight = 1 + 3 * torch.rand(2, 1, 2, 4, 4, generator=g)
+    out = flow.training_losses(zero, x0, loss_weight=weight, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    torch.randn(2, generator=g)  # the timesteps
+    err = (torch.randn(x0.shape, generator=g) - x0) ** 2 * weight
+    assert out["loss"].item() == pytest.approx((err.sum() / weight.expand_as(x0).sum()).item(), rel=1e-5)
+    uniform = flow.training_losses(zero, x0, loss_weight=torch.full((1,), 5.0), generator=torch.Generator().manual_seed(1))
+    plain = flow.training_losses(zero, x0, generator=torch.Generator().manual_seed(1))
+    assert uniform["loss"].item() == pytest.approx(plain["loss"].item(), rel=1e-6)  # a constant weight changes nothing
+
+
+def test_motion_weight_finds_the_moving_object():
+    """A square moves over a still textured background: its elements weigh most; a pan and a
+    single frame are weighted evenly over the frame."""
+    g = torch.Generator().manual_seed(0)
+    background = torch.randn(1, 4, 1, 16, 16, generator=g).expand(1, 4, 5, 16, 16).clone()
+    clip = background.clone()
+    for f in range(5):
+        clip[:, :, f, 6:9, 2 + 2 * f : 5 + 2 * f] = 3.0
+    weight = flow.motion_loss_weight(clip, strength=2.0)
+    assert weight.shape == (1, 1, 5, 16, 16) and weight.min().item() >= 1.0
+    on_object = weight[0, 0, 2, 6:9, 6:9]
+    assert on_object.min().item() == pytest.approx(1 + 2 * flow.MOTION_WEIGHT_CAP)
+    assert weight[0, 0, 2, 12:, :].max().item() == 1.0  # background far from the path
+    pan = torch.stack([torch.roll(background[:, :, 0], f, dims=-1) for f in range(5)], dim=2)
+    pan_weight = flow.motion_loss_weight(pan, strength=2.0)
+    blocks = torch.nn.functional.avg_pool2d(pan_weight[0, :, 1:4].mean(dim=1), 8)  # four 8x8 quarters
+    assert blocks.std().item() < 0.1 * (blocks.mean().item() - 1)  # spread over the frame
+    assert torch.equal(flow.motion_loss_weight(clip[:, :, :1], 2.0), torch.ones(1, 1, 1, 16, 16))
+    with pytest.raises(ValueError, match="strength=-1"):
+        flow.motion_loss_weight(clip, -1)
+
+
 def test_context_noise_level_for_given_frames():
     x0 = torch.randn(1, 2, 3, 4, 4)
     model = Oracle(x0)

@@ -65,6 +65,14 @@ def test_loss_falls_and_the_final_model_loads(tmp_path, cache):
     assert saved["config"]["steps"] == 16 and (run / "config.yaml").is_file()
 
 
+def test_motion_weight_reaches_the_loss(tmp_path, cache):
+    """dit.motion_weight reweights the loss the loop optimises: same seed and data, another first loss."""
+    plain = losses(training.train(load_config(tiny_config(tmp_path, cache, out="plain", steps=1, save_every=1))))
+    weighted = losses(training.train(load_config(tiny_config(tmp_path, cache, out="weighted", steps=1, save_every=1,
+                                                             dit={"motion_weight": 2.0}))))
+    assert weighted[1] != pytest.approx(plain[1], rel=1e-4)
+
+
 def test_resume_continues_exactly(tmp_path, cache):
     extra = dict(optim={"grad_accum": 2}, steps=6, save_every=3)
     straight = training.train(load_config(tiny_config(tmp_path, cache, out="straight", **extra)))

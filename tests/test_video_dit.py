@@ -182,9 +182,10 @@ def test_attention_key_mask_matches_reference():
     assert torch.allclose(attention(q, k2, v, mask), out, atol=1e-6)
 
 
+@pytest.mark.parametrize("pooled", [False, True])
 @pytest.mark.parametrize("attn,cond", CONFIGS)
-def test_text_changes_output_and_padding_does_not(attn, cond):
-    model = perturb(tiny(attn, cond))
+def test_text_changes_output_and_padding_does_not(attn, cond, pooled):
+    model = perturb(tiny(attn, cond, pooled_text=pooled))
     x, t = torch.randn(1, 4, 2, 4, 4), torch.full((1,), 0.7)
     a, b = text(batch=1, seed=1), text(batch=1, seed=2)
     assert not torch.allclose(model(x, t, a), model(x, t, b), atol=1e-4)
@@ -193,8 +194,28 @@ def test_text_changes_output_and_padding_does_not(attn, cond):
     assert torch.allclose(model(x, t, a), model(x, t, padded, mask), atol=1e-5)
 
 
+def test_pooled_text_path_starts_silent_and_then_carries_the_prompt():
+    """A trained model that gains the pooled path (its other weights copied) computes what it did;
+    once the path's weights move, the prompt reaches the output through it alone."""
+    plain = perturb(tiny(text_dims=(8, 6)))
+    pooled = tiny(text_dims=(8, 6), pooled_text=True)
+    missing, unexpected = pooled.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == [f"pooled_text_embedder.linear_{i}.{p}" for i in (1, 2) for p in ("bias", "weight")]
+    assert not unexpected
+    x, t = torch.randn(2, 4, 2, 4, 4), torch.full((2,), 0.6)
+    ctx = text(batch=2, lengths=(3, 4), dims=(8, 6))
+    assert torch.equal(plain(x, t, ctx), pooled(x, t, ctx))
+    perturb(pooled.pooled_text_embedder, seed=3)
+    for block in pooled.blocks:  # cut cross-attention: only the pooled path sees the text now
+        block.attn2.to_out.weight.data.zero_()
+        block.attn2.to_out.bias.data.zero_()
+    other = text(batch=2, lengths=(3, 4), dims=(8, 6), seed=5)
+    assert not torch.allclose(pooled(x, t, ctx), pooled(x, t, other), atol=1e-4)
+
+
 def test_unconditional_model_has_no_text_layers():
-    model = tiny(text_dims=())
+    model = tiny(text_dims=(), pooled_text=True)
+    assert model.pooled_text_embedder is None
     assert not any("attn2" in name or "text_embedders" in name for name, _ in model.named_parameters())
     assert model(torch.randn(1, 4, 1, 4, 4), torch.rand(1)).shape == (1, 4, 1, 4, 4)
 
@@ -223,11 +244,12 @@ def test_bad_inputs_name_what_was_expected():
 
 @pytest.mark.parametrize("attn,cond", CONFIGS)
 def test_save_load_round_trip(tmp_path, attn, cond):
-    model = perturb(tiny(attn, cond, text_dims=(8, 6)))
+    model = perturb(tiny(attn, cond, text_dims=(8, 6), pooled_text=True))
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = VideoDiT.from_pretrained(tmp_path)
     assert loaded.config.attention == attn and tuple(loaded.config.text_dims) == (8, 6)
+    assert loaded.config.pooled_text and loaded.pooled_text_embedder is not None
     x, t, ctx = torch.randn(1, 4, 2, 4, 4), torch.rand(1), text(batch=1, lengths=(3, 4), dims=(8, 6))
     assert torch.allclose(model(x, t, ctx), loaded(x, t, ctx), atol=1e-6)
 

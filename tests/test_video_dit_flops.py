@@ -11,9 +11,11 @@ from video_dit import PRESETS, VideoDiT, describe
 from video_dit.flops import count_flops
 
 
-@pytest.mark.parametrize("attn,cond", [("full", "cross"), ("factorized", "cross"), ("full", "joint")])
-def test_count_matches_torch_flop_counter(attn, cond):
-    model = VideoDiT(in_channels=4, attention=attn, text_conditioning=cond, text_dims=(8, 12), **PRESETS["tiny"])
+@pytest.mark.parametrize("attn,cond,pooled", [("full", "cross", False), ("factorized", "cross", False),
+                                              ("full", "joint", False), ("full", "cross", True)])
+def test_count_matches_torch_flop_counter(attn, cond, pooled):
+    model = VideoDiT(in_channels=4, attention=attn, text_conditioning=cond, text_dims=(8, 12), pooled_text=pooled,
+                     **PRESETS["tiny"])
     x, text = torch.randn(1, 4, 3, 8, 6), [torch.randn(1, 5, 8), torch.randn(1, 6, 12)]
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # the math path's bmm is counted

@@ -83,6 +83,8 @@ def count_flops(model_or_config, frames: int, height: int, width: int, text_toke
     )
     parts["embed"] = n * pv * cin * d
     parts["time"] = t * (c["frequency_size"] * d + d * d + d * k * d) + (d * 6 * d if joint else 0)
+    if has_text and c["pooled_text"]:  # one pooled vector per sample through a two-layer MLP
+        parts["time"] += sum(text_dims) * d + d * d
     if has_text and lt:
         per = [lt // len(text_dims) + (i < lt % len(text_dims)) for i in range(len(text_dims))]
         parts["text"] = sum(li * (di * d + d * d) for li, di in zip(per, text_dims))

@@ -146,6 +146,7 @@ def training_losses(
     shift: float = 1.0,
     uniform_share: float = 0.0,
     sample_space: bool = False,
+    loss_weight: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> dict:
     """Rectified-flow loss on a batch of clean latents x0 (B, C, T, H, W).
@@ -155,8 +156,10 @@ def training_losses(
     loss ignores them. sample_space: the error of the clean sample the velocity implies,
     x0 - (x_t - t v) = t (v_target - v), rather than of the velocity itself (which weighs a frame
     at noise level t by 1 / t^2 against that): for models that predict the clean sample, so that
-    low noise levels do not swamp the rest. Returns dict(loss=scalar, loss_per_sample=(B,),
-    timesteps=(B,)).
+    low noise levels do not swamp the rest. loss_weight: an element weight that broadcasts to
+    x0 (such as `motion_loss_weight`); the loss is then the weighted mean, so the weight moves
+    emphasis between elements without changing the loss's scale. Returns dict(loss=scalar,
+    loss_per_sample=(B,), timesteps=(B,)).
     """
     b, _, frames = x0.shape[:3]
     cond = cond or {}
@@ -176,14 +179,37 @@ def training_losses(
     x_t = (1 - tt) * x0 + tt * noise
     target = noise - x0
     v = model(x_t, t_frames, **cond)
-    err = (v.float() - target.float()) ** 2 * _broadcast(weight)  # (B, C, T, H, W)
+    element_weight = _broadcast(weight).expand_as(x0).float()  # (B, C, T, H, W): 0 on given frames
+    if loss_weight is not None:
+        element_weight = element_weight * loss_weight.to(device=x0.device, dtype=torch.float32)
+    err = (v.float() - target.float()) ** 2 * element_weight
     if sample_space:
         err = err * _broadcast(t_frames.float()) ** 2
-    per_element = x0[0, :, 0].numel()  # C * H * W per frame
-    counted = weight.sum(dim=1) * per_element  # (B,)
-    loss_per_sample = err.flatten(1).sum(dim=1) / counted.clamp(min=1)
-    loss = err.sum() / counted.sum().clamp(min=1)
+    counted = element_weight.flatten(1).sum(dim=1)  # (B,): elements in the loss, or their weight
+    loss_per_sample = err.flatten(1).sum(dim=1) / counted.clamp(min=1e-6)
+    loss = err.sum() / counted.sum().clamp(min=1e-6)
     return dict(loss=loss, loss_per_sample=loss_per_sample, timesteps=t)
+
+
+MOTION_WEIGHT_CAP = 4.0  # motion_loss_weight: an element counts at most this many clip-means of change
+
+
+def motion_loss_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
+    """An element weight (B, 1, T, H, W) that puts more of the loss where the clip changes.
+
+    Each latent element's change is its distance (mean over channels) from the clip's median over
+    time at that place; the weight is 1 + strength * min(change / the clip's mean change, 4). On
+    a still background with a moving object the object's elements weigh up to 1 + 4 * strength
+    and the background 1; where everything moves (a camera pan) the weight spreads over the whole
+    frame, and a single frame (T = 1) gets weight 1 everywhere. Small subjects then decide
+    more of the loss than their area would give them.
+    """
+    if strength < 0:
+        raise ValueError(f"motion weight strength={strength}; expected a number >= 0")
+    x = x0.detach().float()
+    change = (x - x.median(dim=2, keepdim=True).values).abs().mean(dim=1, keepdim=True)  # (B, 1, T, H, W)
+    relative = change / change.mean(dim=(2, 3, 4), keepdim=True).clamp(min=1e-6)
+    return 1.0 + strength * relative.clamp(max=MOTION_WEIGHT_CAP)
 
 
 # --------------------------------------------------------------------------------------------

@@ -198,6 +198,29 @@ class TextProjection(nn.Module):
         return self.linear_2(F.gelu(self.linear_1(states), approximate="tanh"))
 
 
+class PooledTextEmbedder(nn.Module):
+    """Each encoder's masked mean token state, concatenated -> MLP -> (B, hidden), added to the
+    timestep embedding, as SD3 adds its pooled text vectors. For a sentence encoder such as
+    MiniLM the mean of its token states is its sentence vector. The last layer starts at zero, so
+    a model that gains this path computes what it did without it until training moves it."""
+
+    def __init__(self, text_dims: tuple[int, ...], hidden_size: int):
+        super().__init__()
+        self.linear_1 = Linear(sum(text_dims), hidden_size)
+        self.linear_2 = Linear(hidden_size, hidden_size)
+
+    def forward(self, text_states: list[torch.Tensor], text_masks: list[torch.Tensor | None]) -> torch.Tensor:
+        pooled = []
+        for states, mask in zip(text_states, text_masks):
+            if mask is None:
+                pooled.append(states.float().mean(dim=1))
+            else:
+                weight = mask.to(torch.float32)[..., None]  # (B, L, 1)
+                pooled.append((states.float() * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0))
+        vector = torch.cat(pooled, dim=-1).to(self.linear_1.weight.dtype)  # (B, sum D_i)
+        return self.linear_2(F.silu(self.linear_1(vector)))
+
+
 # --------------------------------------------------------------------------------------------
 # Attention layers
 # --------------------------------------------------------------------------------------------
@@ -435,6 +458,9 @@ class VideoDiT(ModelMixin, ConfigMixin):
         rope_theta: RoPE base.
         gelu_approximate: "none" (exact GELU) or "tanh" (the approximation DiT and Wan use).
         eps: epsilon of the LayerNorms and RMSNorms.
+        pooled_text: also add each encoder's pooled (masked mean) token state, through an MLP, to
+            the timestep embedding that drives every block's modulation (SD3's pooled path): a
+            global summary of the prompt reaches every token directly, next to cross-attention.
         prediction: what the last layer predicts. "velocity" (noise - x0) directly, or "sample"
             (the clean latent x0), turned into the velocity (x_t - x0) / max(t, 0.05) before it
             is returned, so training, guidance and sampling see a velocity either way. Predict
@@ -466,6 +492,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         gelu_approximate: str = "none",
         eps: float = 1e-6,
         prediction: str = "velocity",
+        pooled_text: bool = False,
     ):
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -496,6 +523,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         self.time_embedder = TimestepEmbedder(hidden_size, frequency_size)
         self.time_proj = Linear(hidden_size, self.num_modulations * hidden_size)  # shared by all blocks
         self.text_embedders = nn.ModuleList([TextProjection(dim, hidden_size) for dim in text_dims])
+        self.pooled_text_embedder = PooledTextEmbedder(text_dims, hidden_size) if pooled_text and text_dims else None
         if self.joint:
             self.context_time_proj = Linear(hidden_size, 6 * hidden_size)
             self.blocks = nn.ModuleList(
@@ -548,6 +576,9 @@ class VideoDiT(ModelMixin, ConfigMixin):
                 nn.init.zeros_(block.context_modulation)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.pooled_text_embedder is not None:
+            nn.init.zeros_(self.pooled_text_embedder.linear_2.weight)
+            nn.init.zeros_(self.pooled_text_embedder.linear_2.bias)
 
     # ---- runtime switches -----------------------------------------------------------------
 
@@ -648,6 +679,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
         tokens = self.patch_embedding(patchify(x, self.patch).to(self.patch_embedding.weight.dtype))  # (B, N, D)
         rope = rope_frequencies(self.head_dim, grid, self.config.rope_theta, device=x.device)  # (N, d/2)
         temb = self.time_embedder(timestep)  # (B, T', D)
+        if self.pooled_text_embedder is not None:
+            temb = temb + self.pooled_text_embedder(text_states, text_masks)[:, None].to(temb.dtype)
         time_mod = rearrange(self.time_proj(F.silu(temb)), "b t (k d) -> b t k d", k=self.num_modulations)
         context = context_mask = None
         if text_states:
