@@ -128,9 +128,12 @@ def test_loss_weight_is_a_weighted_mean():
     torch.randn(2, generator=g)  # the timesteps
     err = (torch.randn(x0.shape, generator=g) - x0) ** 2 * weight
     assert out["loss"].item() == pytest.approx((err.sum() / weight.expand_as(x0).sum()).item(), rel=1e-5)
-    uniform = flow.training_losses(zero, x0, loss_weight=torch.full((1,), 5.0), generator=torch.Generator().manual_seed(1))
+    uniform = flow.training_losses(zero, x0, loss_weight=torch.full((1, 1, 1, 1, 1), 5.0), generator=torch.Generator().manual_seed(1))
     plain = flow.training_losses(zero, x0, generator=torch.Generator().manual_seed(1))
     assert uniform["loss"].item() == pytest.approx(plain["loss"].item(), rel=1e-6)  # a constant weight changes nothing
+    for bad in (torch.ones(2), torch.ones(2, 1, 3, 4, 4)):
+        with pytest.raises(ValueError, match="broadcasts to the latents"):
+            flow.training_losses(zero, x0, loss_weight=bad)
 
 
 def test_motion_weight_finds_the_moving_object():
@@ -151,6 +154,20 @@ def test_motion_weight_finds_the_moving_object():
     blocks = torch.nn.functional.avg_pool2d(pan_weight[0, :, 1:4].mean(dim=1), 8)  # four 8x8 quarters
     assert blocks.std().item() < 0.1 * (blocks.mean().item() - 1)  # spread over the frame
     assert torch.equal(flow.motion_loss_weight(clip[:, :, :1], 2.0), torch.ones(1, 1, 1, 16, 16))
+    still = background + 1e-4 * torch.randn(background.shape, generator=g)  # noise is not motion
+    assert flow.motion_loss_weight(still, 2.0).max().item() < 1.05
+
+
+def test_motion_weight_of_two_frames_does_not_depend_on_the_sign_of_the_change():
+    """With an even number of frames the median is the mean of the middle two: a dark object moving
+    gets the same weight as a bright one."""
+    clip = torch.zeros(1, 2, 2, 1, 3)
+    clip[:, :, 0, 0, 0] = 1.0  # the object moves from the left cell to the right one
+    clip[:, :, 1, 0, 2] = 1.0
+    bright, dark = flow.motion_loss_weight(clip, 1.0), flow.motion_loss_weight(-clip, 1.0)
+    assert torch.equal(bright, dark)
+    assert bright[0, 0, :, 0, 1].tolist() == [1.0, 1.0]  # the cell it never visits
+    assert bright[0, 0, 0, 0, 0] == bright[0, 0, 1, 0, 2] > 1.0
     with pytest.raises(ValueError, match="strength=-1"):
         flow.motion_loss_weight(clip, -1)
 

@@ -24,6 +24,9 @@ def test_count_matches_torch_flop_counter(attn, cond, pooled):
     assert ours["flops"] == 2 * ours["macs"]
     assert ours["flops"] == pytest.approx(counter.get_total_flops(), rel=1e-3)
     assert ours["tokens"] == 3 * 4 * 3
+    if pooled:  # the pooled MLP, counted exactly (its share of the total is below the tolerance above)
+        plain = count_flops({**dict(model.config), "pooled_text": False}, 3, 8, 6, text_tokens=11)
+        assert ours["macs"] - plain["macs"] == (8 + 12) * 64 + 64 * 64
 
 
 def test_dit_xl_2_reproduces_the_paper():

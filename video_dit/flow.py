@@ -181,6 +181,13 @@ def training_losses(
     v = model(x_t, t_frames, **cond)
     element_weight = _broadcast(weight).expand_as(x0).float()  # (B, C, T, H, W): 0 on given frames
     if loss_weight is not None:
+        try:
+            fits = loss_weight.ndim == 5 and torch.broadcast_shapes(loss_weight.shape, x0.shape) == x0.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(f"loss_weight has shape {tuple(loss_weight.shape)}; expected one that broadcasts to "
+                             f"the latents {tuple(x0.shape)}, such as ({b}, 1, {frames}, H, W)")
         element_weight = element_weight * loss_weight.to(device=x0.device, dtype=torch.float32)
     err = (v.float() - target.float()) ** 2 * element_weight
     if sample_space:
@@ -192,13 +199,17 @@ def training_losses(
 
 
 MOTION_WEIGHT_CAP = 4.0  # motion_loss_weight: an element counts at most this many clip-means of change
+MOTION_FLOOR = 0.01  # ... and a clip whose mean change is below this share of its spread counts as still
 
 
 def motion_loss_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
     """An element weight (B, 1, T, H, W) that puts more of the loss where the clip changes.
 
     Each latent element's change is its distance (mean over channels) from the clip's median over
-    time at that place; the weight is 1 + strength * min(change / the clip's mean change, 4). On
+    time at that place (the mean of the two middle values for an even number of frames); the
+    weight is 1 + strength * min(change / the clip's mean change, 4), where the mean change is
+    taken as at least 1% of the clip's standard deviation, so that the noise of a still clip is
+    not mistaken for motion. On
     a still background with a moving object the object's elements weigh up to 1 + 4 * strength
     and the background 1; where everything moves (a camera pan) the weight spreads over the whole
     frame, and a single frame (T = 1) gets weight 1 everywhere. Small subjects then decide
@@ -207,9 +218,12 @@ def motion_loss_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
     if strength < 0:
         raise ValueError(f"motion weight strength={strength}; expected a number >= 0")
     x = x0.detach().float()
-    change = (x - x.median(dim=2, keepdim=True).values).abs().mean(dim=1, keepdim=True)  # (B, 1, T, H, W)
-    relative = change / change.mean(dim=(2, 3, 4), keepdim=True).clamp(min=1e-6)
-    return 1.0 + strength * relative.clamp(max=MOTION_WEIGHT_CAP)
+    frames = x.sort(dim=2).values
+    median = (frames[:, :, (x.shape[2] - 1) // 2] + frames[:, :, x.shape[2] // 2])[:, :, None] / 2
+    change = (x - median).abs().mean(dim=1, keepdim=True)  # (B, 1, T, H, W)
+    floor = MOTION_FLOOR * x.flatten(1).std(dim=1).clamp(min=1e-6)  # (B,)
+    mean_change = torch.maximum(change.mean(dim=(2, 3, 4), keepdim=True), floor[:, None, None, None, None])
+    return 1.0 + strength * (change / mean_change).clamp(max=MOTION_WEIGHT_CAP)
 
 
 # --------------------------------------------------------------------------------------------

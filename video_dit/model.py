@@ -201,8 +201,9 @@ class TextProjection(nn.Module):
 class PooledTextEmbedder(nn.Module):
     """Each encoder's masked mean token state, concatenated -> MLP -> (B, hidden), added to the
     timestep embedding, as SD3 adds its pooled text vectors. For a sentence encoder such as
-    MiniLM the mean of its token states is its sentence vector. The last layer starts at zero, so
-    a model that gains this path computes what it did without it until training moves it."""
+    MiniLM the mean of its token states is its sentence vector (before normalisation). The last
+    layer starts at zero, so a model that gains this path computes what it did without it until
+    training moves it."""
 
     def __init__(self, text_dims: tuple[int, ...], hidden_size: int):
         super().__init__()

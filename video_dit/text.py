@@ -9,9 +9,9 @@
 
 The model gets token states, not a pooled vector: VideoDiT projects each encoder's tokens to its
 width and concatenates them (and, with `pooled_text=True`, pools them itself: the masked mean of
-a sentence encoder's states is its sentence vector). The unconditional prompt of an encoder is one
-all-zero token; a dropped encoder becomes exactly that, so dropout during training trains the
-branch that classifier-free guidance uses at sampling time.
+a sentence encoder's states is its sentence vector, unnormalised). The unconditional prompt of an
+encoder is one all-zero token; a dropped encoder becomes exactly that, so dropout during training
+trains the branch that classifier-free guidance uses at sampling time.
 
 Prompt embeddings can be cached in a `PromptCache` (a safetensors file keyed by encoder and prompt).
 """
