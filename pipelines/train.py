@@ -160,7 +160,8 @@ class DiTTask(Task):
         weight = flow.motion_loss_weight(x0, cfg.motion_weight) if cfg.motion_weight > 0 else None
 
         out = flow.training_losses(model, x0, dict(text_states=states, text_masks=masks), given_mask=given,
-                                   context_noise=cfg.context_noise, timestep_sampling=cfg.timestep_sampling,
+                                   context_noise=cfg.context_noise, given_weight=cfg.given_loss_weight,
+                                   timestep_sampling=cfg.timestep_sampling,
                                    shift=cfg.shift, uniform_share=cfg.uniform_share,
                                    sample_space=self.predicts_sample, loss_weight=weight, generator=generator)
         return out["loss"]

@@ -106,6 +106,24 @@ def test_loss_is_zero_for_the_exact_velocity_and_ignores_given_frames():
     assert (t[~given] > 0).all()
 
 
+def test_given_frames_count_with_their_weight():
+    """With given_weight the given frames' error joins the loss, weighted, in the weighted mean."""
+    x0 = torch.randn(2, 3, 4, 5, 6)
+    given = torch.tensor([[True, False, False, False], [True, True, False, False]])
+
+    def wrong_on_given(x, t, **c):  # exact on sampled frames, off by 1 (in x0) on given ones
+        v = Oracle(x0)(x, t)
+        return v - (t == 0.05)[:, None, :, None, None].float() / 0.05
+
+    out = flow.training_losses(wrong_on_given, x0, given_mask=given, context_noise=0.05, given_weight=0.5,
+                               sample_space=True)
+    assert out["loss"].item() == pytest.approx(0.5 * 3 / (0.5 * 3 + 5), rel=1e-4)  # 3 given frames, 5 sampled
+    assert flow.training_losses(wrong_on_given, x0, given_mask=given, context_noise=0.05,
+                                sample_space=True)["loss"].item() < 1e-8
+    with pytest.raises(ValueError, match="given_weight=-1"):
+        flow.training_losses(wrong_on_given, x0, given_mask=given, given_weight=-1)
+
+
 def test_loss_matches_its_definition():
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(2, 3, 2, 4, 4, generator=g)

@@ -65,11 +65,15 @@ def test_loss_falls_and_the_final_model_loads(tmp_path, cache):
     assert saved["config"]["steps"] == 16 and (run / "config.yaml").is_file()
 
 
-def test_motion_weight_reaches_the_loss(tmp_path, cache):
-    """dit.motion_weight reweights the loss the loop optimises: same seed and data, another first loss."""
-    plain = losses(training.train(load_config(tiny_config(tmp_path, cache, out="plain", steps=1, save_every=1))))
+@pytest.mark.parametrize("key", ["motion_weight", "given_loss_weight"])
+def test_loss_weights_reach_the_loss(tmp_path, cache, key):
+    """dit.motion_weight and dit.given_loss_weight reweight the loss the loop optimises: same seed and
+    data (each clip given its first frame), another first loss."""
+    dit = {"given": {"none": 0.0, "first": 1.0, "prefix": 0.0, "first_last": 0.0}, "context_noise": 0.1}
+    plain = losses(training.train(load_config(tiny_config(tmp_path, cache, out="plain", steps=1, save_every=1,
+                                                          dit=dit))))
     weighted = losses(training.train(load_config(tiny_config(tmp_path, cache, out="weighted", steps=1, save_every=1,
-                                                             dit={"motion_weight": 2.0}))))
+                                                             dit={**dit, key: 2.0}))))
     assert weighted[1] != pytest.approx(plain[1], rel=1e-4)
 
 

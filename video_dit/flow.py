@@ -7,9 +7,10 @@ The model is any callable `model(x_t, timestep, **cond) -> v` taking (B, C, T, H
 (B, T) per-frame timesteps; this module knows nothing else about it.
 
 Given frames (image-to-video, extension, the long-video sampler, interpolation) are frames whose
-latents are known: they are fed at timestep `context_noise` (0 = clean), excluded from the loss,
-and come out of `sample` exactly as they went in. That level is then the model's mark of a given
-frame, so `sample` never shows it a frame being sampled at that level (`clear_of_context`).
+latents are known: they are fed at timestep `context_noise` (0 = clean), excluded from the loss
+(or weighed by `given_weight`), and come out of `sample` exactly as they went in. Out of the loss,
+that level becomes the model's mark of a given frame, so `sample` never shows it a frame being
+sampled at that level (`clear_of_context`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def training_losses(
     cond: dict | None = None,
     given_mask: torch.Tensor | None = None,
     context_noise: float = 0.0,
+    given_weight: float = 0.0,
     timestep_sampling: str = "logit_normal",
     mean: float = 0.0,
     std: float = 1.0,
@@ -152,8 +154,8 @@ def training_losses(
     """Rectified-flow loss on a batch of clean latents x0 (B, C, T, H, W).
 
     cond: keyword arguments for the model (text_states, text_masks). given_mask: (B, T) bool, True
-    for frames that are given (conditioning): they are noised only to `context_noise`, and the
-    loss ignores them. sample_space: the error of the clean sample the velocity implies,
+    for frames that are given (conditioning): they are noised only to `context_noise`, and their
+    error counts with weight `given_weight` (0: the loss ignores them). sample_space: the error of the clean sample the velocity implies,
     x0 - (x_t - t v) = t (v_target - v), rather than of the velocity itself (which weighs a frame
     at noise level t by 1 / t^2 against that): for models that predict the clean sample, so that
     low noise levels do not swamp the rest. loss_weight: an element weight that broadcasts to
@@ -174,7 +176,9 @@ def training_losses(
             raise ValueError(f"given_mask has shape {tuple(given_mask.shape)}; expected ({b}, {frames})")
         given_mask = given_mask.to(device=x0.device, dtype=torch.bool)
         t_frames = torch.where(given_mask, torch.full_like(t_frames, context_noise), t_frames)
-        weight = (~given_mask).float()
+        if given_weight < 0:
+            raise ValueError(f"given_weight={given_weight}; expected a weight >= 0 (0 leaves given frames out)")
+        weight = torch.where(given_mask, torch.full_like(weight, given_weight), weight)
     tt = _broadcast(t_frames).to(x0.dtype)
     x_t = (1 - tt) * x0 + tt * noise
     target = noise - x0
