@@ -155,16 +155,18 @@ def training_losses(
 
     cond: keyword arguments for the model (text_states, text_masks). given_mask: (B, T) bool, True
     for frames that are given (conditioning): they are noised only to `context_noise`, and their
-    error counts with weight `given_weight` (0: the loss ignores them). sample_space: the error of the clean sample the velocity implies,
-    x0 - (x_t - t v) = t (v_target - v), rather than of the velocity itself (which weighs a frame
-    at noise level t by 1 / t^2 against that): for models that predict the clean sample, so that
-    low noise levels do not swamp the rest. loss_weight: an element weight that broadcasts to
+    error counts with weight `given_weight` (0: the loss ignores them). sample_space: the error of
+    the clean sample the velocity implies, x0 - (x_t - t v) = t (v_target - v), rather than of the
+    velocity itself (which weighs a frame at noise level t by 1 / t^2 against that): for models
+    that predict the clean sample, so that low noise levels do not swamp the rest. loss_weight: an element weight that broadcasts to
     x0 (such as `motion_loss_weight`); the loss is then the weighted mean, so the weight moves
     emphasis between elements without changing the loss's scale. Returns dict(loss=scalar,
     loss_per_sample=(B,), timesteps=(B,)).
     """
     b, _, frames = x0.shape[:3]
     cond = cond or {}
+    if given_weight < 0:
+        raise ValueError(f"given_weight={given_weight}; expected a weight >= 0 (0 leaves given frames out)")
     t = sample_timesteps(b, mode=timestep_sampling, mean=mean, std=std, shift=shift, uniform_share=uniform_share,
                          generator=generator)
     t = t.to(device=x0.device)
@@ -176,14 +178,12 @@ def training_losses(
             raise ValueError(f"given_mask has shape {tuple(given_mask.shape)}; expected ({b}, {frames})")
         given_mask = given_mask.to(device=x0.device, dtype=torch.bool)
         t_frames = torch.where(given_mask, torch.full_like(t_frames, context_noise), t_frames)
-        if given_weight < 0:
-            raise ValueError(f"given_weight={given_weight}; expected a weight >= 0 (0 leaves given frames out)")
         weight = torch.where(given_mask, torch.full_like(weight, given_weight), weight)
     tt = _broadcast(t_frames).to(x0.dtype)
     x_t = (1 - tt) * x0 + tt * noise
     target = noise - x0
     v = model(x_t, t_frames, **cond)
-    element_weight = _broadcast(weight).expand_as(x0).float()  # (B, C, T, H, W): 0 on given frames
+    element_weight = _broadcast(weight).expand_as(x0).float()  # (B, C, T, H, W): given_weight on given frames
     if loss_weight is not None:
         try:
             fits = loss_weight.ndim == 5 and torch.broadcast_shapes(loss_weight.shape, x0.shape) == x0.shape
@@ -213,11 +213,10 @@ def motion_loss_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
     time at that place (the mean of the two middle values for an even number of frames); the
     weight is 1 + strength * min(change / the clip's mean change, 4), where the mean change is
     taken as at least 1% of the clip's standard deviation, so that the noise of a still clip is
-    not mistaken for motion. On
-    a still background with a moving object the object's elements weigh up to 1 + 4 * strength
-    and the background 1; where everything moves (a camera pan) the weight spreads over the whole
-    frame, and a single frame (T = 1) gets weight 1 everywhere. Small subjects then decide
-    more of the loss than their area would give them.
+    not mistaken for motion. On a still background with a moving object the object's elements
+    weigh up to 1 + 4 * strength and the background 1; where everything moves (a camera pan) the
+    weight spreads over the whole frame, and a single frame (T = 1) gets weight 1 everywhere.
+    Small subjects then decide more of the loss than their area would give them.
     """
     if strength < 0:
         raise ValueError(f"motion weight strength={strength}; expected a number >= 0")

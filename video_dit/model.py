@@ -213,11 +213,8 @@ class PooledTextEmbedder(nn.Module):
     def forward(self, text_states: list[torch.Tensor], text_masks: list[torch.Tensor | None]) -> torch.Tensor:
         pooled = []
         for states, mask in zip(text_states, text_masks):
-            if mask is None:
-                pooled.append(states.float().mean(dim=1))
-            else:
-                weight = mask.to(torch.float32)[..., None]  # (B, L, 1)
-                pooled.append((states.float() * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0))
+            weight = (torch.ones(states.shape[:2], device=states.device) if mask is None else mask).float()[..., None]
+            pooled.append((states.float() * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1.0))  # (B, D_i)
         vector = torch.cat(pooled, dim=-1).to(self.linear_1.weight.dtype)  # (B, sum D_i)
         return self.linear_2(F.silu(self.linear_1(vector)))
 
