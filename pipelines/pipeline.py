@@ -111,6 +111,7 @@ class SpacetimePipeline(DiffusionPipeline):
         native_frames, height, width: the clip size the model was trained on (pixels; frames 1 + 4k).
         fps: the frame rate its clips play at.
         num_inference_steps, guidance_scale: sampling defaults.
+        guidance_rescale: default strength of `video_dit.flow.rescale_guidance` (0 = plain guidance).
         shift: timestep shift of the schedule; None picks it from the token count
             (`video_dit.flow.shift_for_tokens`).
         context_latent_frames: latent frames of the previous window given to the next (long video).
@@ -133,6 +134,7 @@ class SpacetimePipeline(DiffusionPipeline):
         shift: float | None = None,
         context_latent_frames: int = 2,
         context_noise: float = 0.05,
+        guidance_rescale: float = 0.0,
     ):
         super().__init__()
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder)
@@ -146,6 +148,7 @@ class SpacetimePipeline(DiffusionPipeline):
             shift=None if shift is None else float(shift),
             context_latent_frames=int(context_latent_frames),
             context_noise=float(context_noise),
+            guidance_rescale=float(guidance_rescale),
         )
         self._check_parts()
 
@@ -385,6 +388,7 @@ class SpacetimePipeline(DiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_rescale: float | None = None,
         image: np.ndarray | str | None = None,
         last_image: np.ndarray | str | None = None,
         video: np.ndarray | str | None = None,
@@ -404,6 +408,9 @@ class SpacetimePipeline(DiffusionPipeline):
                 native length makes a long video window by window. With `video`: the new frames.
             height, width: pixels (multiples of `size_multiple`; others are rounded).
             num_inference_steps, guidance_scale: default to the model folder's values.
+            guidance_rescale: 0 to 1, how far the guided estimate is scaled back to the spread of
+                the prompt's own (`video_dit.flow.rescale_guidance`); tames the brighter, harsher
+                look of strong guidance. Defaults to the model folder's value.
             image: a still (path or uint8 (H, W, 3)) for the first frame: image-to-video.
             last_image: a still for the last frame (with `image`: interpolation).
             video: a clip (path or uint8 (T, H, W, 3)) to continue: the output is its frames,
@@ -426,6 +433,9 @@ class SpacetimePipeline(DiffusionPipeline):
             raise UserError(f"steps={steps}; use 1 or more (the model's default is {c.num_inference_steps})")
         if guidance < 0:
             raise UserError(f"guidance={guidance}; use 1 (none) or more, e.g. {c.guidance_scale}")
+        rescale = c.guidance_rescale if guidance_rescale is None else float(guidance_rescale)
+        if not 0.0 <= rescale <= 1.0:
+            raise UserError(f"guidance rescale={rescale}; use a strength from 0 (off) to 1, e.g. 0.7")
         if image is not None and video is not None:
             raise UserError("give a still (image) or a video to extend, not both")
         if last_image is not None and video is not None:
@@ -500,6 +510,7 @@ class SpacetimePipeline(DiffusionPipeline):
 
             return flow.sample(
                 self.transformer, noise, cond, uncond, guidance=guidance, num_steps=steps, shift=shift,
+                guidance_rescale=rescale,
                 given=given if bool(mask.any()) else None, given_mask=mask if bool(mask.any()) else None,
                 context_noise=c.context_noise, callback_on_step_end=on_step, generator=generator,
             )
@@ -679,7 +690,7 @@ class SpacetimePipeline(DiffusionPipeline):
 
 
 _SETTINGS = ("native_frames", "height", "width", "fps", "num_inference_steps", "guidance_scale", "shift",
-             "context_latent_frames", "context_noise")
+             "context_latent_frames", "context_noise", "guidance_rescale")
 
 
 def _is_int(v) -> bool:  # 64 or 64.0 (the pipeline takes int() of it)
@@ -701,6 +712,7 @@ _SETTING_CHECKS = (
     ("shift", lambda v: v is None or (_is_number(v) and v > 0), "a positive number, or null for automatic"),
     ("context_latent_frames", lambda v: _is_int(v) and v >= 1, "a whole number, 1 or more"),
     ("context_noise", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("guidance_rescale", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
 )
 
 

@@ -275,6 +275,58 @@ def test_classifier_free_guidance_batches_and_combines():
     assert torch.allclose(out1, torch.full_like(noise, -2.0))
 
 
+def _clean(x, t, v):
+    return x - flow._broadcast(t) * v
+
+
+def test_guidance_rescale_matches_the_prompt_spread_over_the_sampled_frames():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, 5)
+    t = torch.tensor([[0.05, 0.6, 0.6, 0.6], [0.6, 0.6, 0.6, 0.6]])
+    cond = torch.randn_like(x)
+    guided = 3.0 * cond + torch.randn_like(x)  # a wider spread than the prompt's own
+    sampled = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    assert flow.rescale_guidance(x, t, guided, cond, 0.0, sampled) is guided
+    full = flow.rescale_guidance(x, t, guided, cond, 1.0, sampled)
+    x0_full, x0_cond, x0_guided = _clean(x, t, full), _clean(x, t, cond), _clean(x, t, guided)
+    # one factor per clip: the frames being sampled take the conditional estimate's spread
+    assert torch.allclose(x0_full[0, :, 1:].std(unbiased=False), x0_cond[0, :, 1:].std(unbiased=False), rtol=1e-4)
+    assert torch.allclose(x0_full[1].std(unbiased=False), x0_cond[1].std(unbiased=False), rtol=1e-4)
+    factor = x0_full[0] / x0_guided[0]
+    assert torch.allclose(factor, factor.flatten()[0].expand_as(factor), rtol=1e-4)
+    # strength mixes the scaled and the plain estimate linearly
+    half = flow.rescale_guidance(x, t, guided, cond, 0.5, sampled)
+    assert torch.allclose(_clean(x, t, half), 0.5 * (x0_full + x0_guided), atol=1e-5)
+
+
+def test_guidance_rescale_leaves_clean_given_frames_alone():
+    x = torch.randn(1, 2, 3, 2, 2)
+    t = torch.tensor([[0.0, 0.5, 0.5]])  # a given frame at context noise 0
+    guided, cond = 4.0 * torch.randn_like(x), torch.randn_like(x)
+    out = flow.rescale_guidance(x, t, guided, cond, 1.0, torch.tensor([[False, True, True]]))
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[:, :, 0], guided[:, :, 0])
+
+
+def test_sampler_applies_guidance_rescale():
+    class Model:  # the prompt predicts clean latents of spread 1, the empty prompt of spread 0
+        def __call__(self, x, t, text_states, text_masks):
+            target = torch.where(text_states[0][:, :1, :1, None, None] > 0, pattern, torch.zeros_like(pattern))
+            return (x - target) / flow._broadcast(t).clamp(min=1e-3)
+
+    pattern = torch.randn(1, 2, 3, 4, 4)
+    pattern = (pattern - pattern.mean()) / pattern.std()
+    cond = dict(text_states=[torch.ones(1, 1, 2)], text_masks=[torch.ones(1, 1, dtype=torch.bool)])
+    uncond = dict(text_states=[torch.zeros(1, 1, 2)], text_masks=[torch.ones(1, 1, dtype=torch.bool)])
+    noise = torch.randn_like(pattern)
+    plain = flow.sample(Model(), noise, cond, uncond, guidance=4.0, num_steps=6)
+    rescaled = flow.sample(Model(), noise, cond, uncond, guidance=4.0, num_steps=6, guidance_rescale=1.0)
+    assert plain.std() > 3.0  # guidance 4 overshoots the prompt's estimate four times over
+    assert torch.allclose(rescaled, pattern, atol=1e-3)  # rescaled, it lands on it
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        flow.sample(Model(), noise, cond, uncond, guidance_rescale=1.5)
+
+
 def test_callback_sees_every_step_and_can_replace_latents():
     x0 = torch.randn(1, 1, 1, 2, 2)
     seen = []

@@ -59,9 +59,26 @@ def test_generate_writes_the_clip_the_sidecar_and_the_preview(model, tmp_path, c
     assert sidecar["prompt"] == "a red circle moves to the right" and sidecar["seed"] == 7
     assert (sidecar["frames"], sidecar["width"], sidecar["height"], sidecar["steps"]) == (9, 32, 32, 2)
     assert sidecar["task"] == "generate" and sidecar["model"] == str(model)
+    assert sidecar["guidance_rescale"] == 0.0  # the model folder's
     assert Image.open(tmp_path / "clip.png").size[0] > 32
     last = stdout.strip().splitlines()[-1]
     assert str(out) in last and re.search(r"in \d+\.\d s$", last)
+
+
+def test_guidance_rescale_flag_reaches_the_sampler_and_the_sidecar(model, tmp_path, capsys):
+    clips = {}
+    for rescale in ("0", "0.7"):
+        out = f"{tmp_path}/r{rescale}/"
+        code, _, err = run(capsys, "generate", "a blue square", "--model", model, "--out", out, "--seed", 3,
+                           "--steps", 2, "--guidance-rescale", rescale)
+        assert code == 0, err
+        clips[rescale] = frames_of(tmp_path / f"r{rescale}")
+        assert json.loads((tmp_path / f"r{rescale}.json").read_text())["guidance_rescale"] == float(rescale)
+    assert not np.array_equal(clips["0"], clips["0.7"])
+    code, _, err = run(capsys, "generate", "a blue square", "--model", model, "--out", f"{tmp_path}/bad/",
+                       "--guidance-rescale", "2")
+    assert code == 2 and "--guidance-rescale 2; use a strength from 0 (off) to 1" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 def test_same_seed_same_frames_and_refusal_to_overwrite(model, tmp_path, capsys):

@@ -45,6 +45,29 @@ def test_prompt_and_guidance_change_the_clip(pipe):
     assert not torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
 
 
+def test_guidance_rescale_changes_the_clip_and_defaults_to_the_folder(pipe, tmp_path):
+    plain = pipe("a red circle", output_type="latent", generator=seeded(0)).frames
+    rescaled = pipe("a red circle", guidance_rescale=0.7, output_type="latent", generator=seeded(0)).frames
+    assert not torch.equal(plain, rescaled)
+    assert torch.equal(plain, pipe("a red circle", guidance_rescale=0.0, output_type="latent", generator=seeded(0)).frames)
+    with pytest.raises(UserError, match=r"guidance rescale=1.5; use a strength from 0 \(off\) to 1"):
+        pipe("a red circle", guidance_rescale=1.5)
+    folder = tmp_path / "model"
+    pipe.register_to_config(guidance_rescale=0.7)
+    try:
+        pipe.save_pretrained(folder)
+    finally:
+        pipe.register_to_config(guidance_rescale=0.0)
+    loaded = SpacetimePipeline.from_pretrained(folder)
+    assert loaded.config.guidance_rescale == 0.7
+    assert torch.equal(loaded("a red circle", output_type="latent", generator=seeded(0)).frames, rescaled)
+    path = folder / "model_index.json"
+    index = json.loads(path.read_text())
+    del index["guidance_rescale"]  # folders written before the setting existed: plain guidance
+    path.write_text(json.dumps(index))
+    assert SpacetimePipeline.from_pretrained(folder).config.guidance_rescale == 0.0
+
+
 def test_without_a_generator_a_seed_is_drawn_and_reproduces_the_clip(pipe):
     first = pipe("a red circle", output_type="latent")
     again = pipe("a red circle", output_type="latent", generator=seeded(first.seed))
@@ -255,7 +278,8 @@ def test_a_model_folder_from_a_newer_format_or_another_class_is_refused(pipe, tm
     with pytest.raises(UserError, match="describes a StableDiffusionPipeline, not a spacetime-video model"):
         SpacetimePipeline.from_pretrained(folder)
     for key, value, says in (("height", "64", "a whole number of pixels"), ("fps", None, "a positive number"),
-                             ("context_noise", 2, "a number in [0, 1]"), ("shift", -1, "or null for automatic")):
+                             ("context_noise", 2, "a number in [0, 1]"), ("shift", -1, "or null for automatic"),
+                             ("guidance_rescale", -0.5, "a number in [0, 1]")):
         path.write_text(json.dumps({**index, key: value}))
         with pytest.raises(UserError, match=rf"model_index.json: {key}={json.dumps(value)}; expected .*{re.escape(says)}"):
             SpacetimePipeline.from_pretrained(folder)

@@ -30,16 +30,19 @@ def add_arguments(parser) -> None:
                         help="the long-video bar's clip is this many native lengths (default 10)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    parser.add_argument("--guidance-rescale", type=float, default=None,
+                        help="guidance rescale strength, 0 to 1 (default: the model's)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a bar fails")
 
 
-def model_callables(pipe, *, steps: int | None = None, guidance: float | None = None) -> dict:
+def model_callables(pipe, *, steps: int | None = None, guidance: float | None = None,
+                    guidance_rescale: float | None = None) -> dict:
     """The four functions `evaluate` takes, answered by a SpacetimePipeline."""
     import torch
 
     def call(prompt, seed, **kwargs):
-        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, guidance_rescale=guidance_rescale,
                    generator=torch.Generator().manual_seed(int(seed)), output_type="np", **kwargs)
         return out.frames[0]
 
@@ -85,7 +88,8 @@ def run(args) -> int:
         config = pipe.config
         frames = args.frames or config.native_frames
         height, width = args.height or config.height, args.width or config.width
-        callables = model_callables(pipe, steps=args.steps, guidance=args.guidance)
+        callables = model_callables(pipe, steps=args.steps, guidance=args.guidance,
+                                    guidance_rescale=args.guidance_rescale)
 
     def progress(line: str) -> None:
         if not args.json:

@@ -29,6 +29,9 @@ def add_sampling_arguments(parser, *, frames_required: bool = False) -> None:
     parser.add_argument("--steps", type=int, default=None, metavar="S", help="sampling steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, metavar="G",
                         help="classifier-free guidance scale; 1 turns it off (default: the model's)")
+    parser.add_argument("--guidance-rescale", type=float, default=None, metavar="R",
+                        help="0 to 1: scale strong guidance back to the prompt's own spread, for a less "
+                        "harsh look (default: the model's)")
     parser.add_argument("--seed", type=int, default=None, metavar="N",
                         help="random seed; same seed and options give the same frames (default: drawn and printed)")
     parser.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the installed model)")
@@ -112,6 +115,8 @@ def run_sampling(args, task: str) -> int:
     width, height = parse_size(args.size)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps {args.steps}; use 1 or more")
+    if args.guidance_rescale is not None and not 0 <= args.guidance_rescale <= 1:
+        raise UserError(f"--guidance-rescale {args.guidance_rescale:g}; use a strength from 0 (off) to 1, e.g. 0.7")
     if args.fps is not None and not args.fps > 0:
         raise UserError(f"--fps {args.fps:g}; use a positive frame rate such as 8")
     if task == "generate" and not args.prompt.strip():
@@ -182,7 +187,7 @@ def run_sampling(args, task: str) -> int:
         result = pipe(
             args.prompt, negative_prompt=args.negative_prompt, num_frames=request.num_frames,
             height=request.height, width=request.width, num_inference_steps=args.steps,
-            guidance_scale=args.guidance, image=image, video=video,
+            guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, image=image, video=video,
             generator=torch.Generator().manual_seed(seed), on_frames=on_frames,
         )
         path = writer.close()
@@ -203,6 +208,7 @@ def run_sampling(args, task: str) -> int:
         "fps": fps,
         "steps": args.steps or pipe.config.num_inference_steps,
         "guidance": pipe.config.guidance_scale if args.guidance is None else args.guidance,
+        "guidance_rescale": pipe.config.guidance_rescale if args.guidance_rescale is None else args.guidance_rescale,
         "model": str(model),
         "device": args.device,
         "dtype": args.dtype,
