@@ -435,7 +435,7 @@ class SpacetimePipeline(DiffusionPipeline):
             raise UserError(f"guidance={guidance}; use 1 (none) or more, e.g. {c.guidance_scale}")
         rescale = c.guidance_rescale if guidance_rescale is None else float(guidance_rescale)
         if not 0.0 <= rescale <= 1.0:
-            raise UserError(f"guidance rescale={rescale}; use a strength from 0 (off) to 1, e.g. 0.7")
+            raise UserError(f"guidance_rescale={rescale}; use a strength from 0 (off) to 1, e.g. 0.7")
         if image is not None and video is not None:
             raise UserError("give a still (image) or a video to extend, not both")
         if last_image is not None and video is not None:

@@ -49,8 +49,9 @@ def with_settings(pipe, **settings):
     """Another pipeline over the same parts, with other settings (e.g. context_latent_frames)."""
     from pipelines.pipeline import SpacetimePipeline
 
-    config = {k: pipe.config[k] for k in ("native_frames", "height", "width", "fps", "num_inference_steps",
-                                         "guidance_scale", "shift", "context_latent_frames", "context_noise")}
+    from pipelines.pipeline import _SETTINGS
+
+    config = {k: pipe.config[k] for k in _SETTINGS}
     other = SpacetimePipeline(**pipe.components, **{**config, **settings})
     other.set_progress_bar_config(disable=True)
     return other

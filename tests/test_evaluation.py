@@ -127,3 +127,6 @@ def test_eval_command_measures_the_installed_vae_alone(capsys):
     command, args = _parse(["--vae", "default", "--model", "somewhere"])
     with pytest.raises(UserError, match="one of --model, --vae"):
         command.run(args)
+    command, args = _parse(["--model", "nowhere", "--guidance-rescale", "1.5"])  # refused before any loading
+    with pytest.raises(UserError, match=r"--guidance-rescale 1.5; use a strength from 0 \(off\) to 1"):
+        command.run(args)

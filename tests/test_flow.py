@@ -327,6 +327,38 @@ def test_sampler_applies_guidance_rescale():
         flow.sample(Model(), noise, cond, uncond, guidance_rescale=1.5)
 
 
+def test_guidance_rescale_takes_its_statistics_from_the_sampled_frames_only():
+    # The prompt and the empty prompt agree on every frame but the given one; rescaling must then
+    # leave the sampled frames as plain guidance makes them.
+    pattern = torch.randn(1, 2, 3, 4, 4)
+    offset = torch.zeros_like(pattern)
+    offset[:, :, 0] = 5.0 * torch.randn(1, 2, 4, 4)
+
+    class Model:
+        def __call__(self, x, t, text_states, text_masks):
+            target = torch.where(text_states[0][:, :1, :1, None, None] > 0, pattern, pattern + offset)
+            return (x - target) / flow._broadcast(t).clamp(min=1e-3)
+
+    cond = dict(text_states=[torch.ones(1, 1, 2)], text_masks=[torch.ones(1, 1, dtype=torch.bool)])
+    uncond = dict(text_states=[torch.zeros(1, 1, 2)], text_masks=[torch.ones(1, 1, dtype=torch.bool)])
+    noise, given = torch.randn_like(pattern), torch.randn_like(pattern)
+    mask = torch.tensor([[True, False, False]])
+    kwargs = dict(guidance=4.0, num_steps=4, given=given, given_mask=mask, context_noise=0.05)
+    plain = flow.sample(Model(), noise, cond, uncond, **kwargs)
+    rescaled = flow.sample(Model(), noise, cond, uncond, guidance_rescale=1.0, **kwargs)
+    assert torch.allclose(rescaled, plain, atol=1e-5)
+    assert torch.equal(rescaled[:, :, 0], given[:, :, 0])
+    over_all = flow.sample(Model(), noise, cond, uncond, guidance_rescale=1.0, **{**kwargs, "given_mask": None})
+    assert not torch.allclose(over_all[:, :, 1:], plain[:, :, 1:], atol=1e-3)  # the given frame's spread would count
+
+
+def test_guidance_rescale_leaves_an_estimate_without_spread_alone():
+    x = torch.full((1, 1, 2, 2, 2), 0.7)
+    t = torch.full((1, 2), 0.5)
+    guided = torch.zeros_like(x)  # clean estimate 0.7 everywhere: no spread to rescale
+    assert torch.allclose(flow.rescale_guidance(x, t, guided, torch.randn_like(x), 1.0), guided)
+
+
 def test_callback_sees_every_step_and_can_replace_latents():
     x0 = torch.randn(1, 1, 1, 2, 2)
     seen = []

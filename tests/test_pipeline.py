@@ -50,7 +50,7 @@ def test_guidance_rescale_changes_the_clip_and_defaults_to_the_folder(pipe, tmp_
     rescaled = pipe("a red circle", guidance_rescale=0.7, output_type="latent", generator=seeded(0)).frames
     assert not torch.equal(plain, rescaled)
     assert torch.equal(plain, pipe("a red circle", guidance_rescale=0.0, output_type="latent", generator=seeded(0)).frames)
-    with pytest.raises(UserError, match=r"guidance rescale=1.5; use a strength from 0 \(off\) to 1"):
+    with pytest.raises(UserError, match=r"guidance_rescale=1.5; use a strength from 0 \(off\) to 1"):
         pipe("a red circle", guidance_rescale=1.5)
     folder = tmp_path / "model"
     pipe.register_to_config(guidance_rescale=0.7)

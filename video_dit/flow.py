@@ -272,10 +272,11 @@ def rescale_guidance(
 
     x: (B, C, T, H, W) current latents; t: (B, T) each frame's timestep; guided, cond: velocities
     of the latents' shape; sampled: (B, T) bool, the frames the statistics are taken over (None:
-    all). Returns the velocity of the rescaled estimate; frames at t = 0 keep `guided`.
+    all). Returns the velocity of the rescaled estimate; frames at t = 0 keep `guided`, and a guided
+    estimate without spread is left as it is.
     """
     if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"guidance rescale {strength}; expected a strength between 0 and 1")
+        raise ValueError(f"guidance_rescale={strength}; expected a strength between 0 and 1")
     if strength == 0.0:
         return guided
     tt = _broadcast(t.float())
@@ -290,7 +291,8 @@ def rescale_guidance(
         return (((v - mean) ** 2 * weight).sum(dims, keepdim=True) / total).sqrt()
 
     x0_guided = xf - tt * guided.float()
-    ratio = std(xf - tt * cond.float()) / std(x0_guided).clamp(min=1e-6)
+    spread = std(x0_guided)
+    ratio = torch.where(spread > 1e-6, std(xf - tt * cond.float()) / spread.clamp(min=1e-6), torch.ones_like(spread))
     scale = 1.0 - strength + strength * ratio
     v = (xf - scale * x0_guided) / tt.clamp(min=1e-6)
     return torch.where(tt > 0, v, guided.float()).to(guided.dtype)

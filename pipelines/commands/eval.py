@@ -61,11 +61,13 @@ def model_callables(pipe, *, steps: int | None = None, guidance: float | None = 
 
 
 def run(args) -> int:
+    from pipelines.commands.sampling import check_guidance_rescale
     from pipelines.errors import UserError
     from pipelines.evaluation import evaluate, reference_callables
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
+    check_guidance_rescale(args.guidance_rescale)
     if sum(map(bool, (args.model, args.vae, args.reference))) > 1:
         raise UserError("give one of --model, --vae and --reference")
     if args.reference:

@@ -106,6 +106,11 @@ def _quiet_loading() -> None:
     diffusers.utils.logging.set_verbosity_error()
 
 
+def check_guidance_rescale(value: float | None) -> None:
+    if value is not None and not 0 <= value <= 1:  # NaN fails too
+        raise UserError(f"--guidance-rescale {value:g}; use a strength from 0 (off) to 1, e.g. 0.7")
+
+
 def run_sampling(args, task: str) -> int:
     """task: 'generate' (text-to-video), 'animate' (image-to-video) or 'extend'."""
     from pipelines.video_io import VideoWriter, check_writable, read_image, read_video, sidecar_path, write_contact_sheet, write_json
@@ -115,8 +120,7 @@ def run_sampling(args, task: str) -> int:
     width, height = parse_size(args.size)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps {args.steps}; use 1 or more")
-    if args.guidance_rescale is not None and not 0 <= args.guidance_rescale <= 1:
-        raise UserError(f"--guidance-rescale {args.guidance_rescale:g}; use a strength from 0 (off) to 1, e.g. 0.7")
+    check_guidance_rescale(args.guidance_rescale)
     if args.fps is not None and not args.fps > 0:
         raise UserError(f"--fps {args.fps:g}; use a positive frame rate such as 8")
     if task == "generate" and not args.prompt.strip():
