@@ -47,9 +47,7 @@ def tiny_pipeline(context_latent_frames: int = 1, steps: int = 1, text: bool = T
 
 def with_settings(pipe, **settings):
     """Another pipeline over the same parts, with other settings (e.g. context_latent_frames)."""
-    from pipelines.pipeline import SpacetimePipeline
-
-    from pipelines.pipeline import _SETTINGS
+    from pipelines.pipeline import _SETTINGS, SpacetimePipeline
 
     config = {k: pipe.config[k] for k in _SETTINGS}
     other = SpacetimePipeline(**pipe.components, **{**config, **settings})

@@ -358,8 +358,6 @@ def sample(
         else:
             v_c, v_u = model(x, t, **cond), model(x, t, **uncond)
         guided = v_u + guidance * (v_c - v_u)
-        if guidance_rescale == 0.0:
-            return guided
         return rescale_guidance(x, t, guided, v_c, guidance_rescale, None if given_mask is None else ~given_mask)
 
     schedule = clear_of_context(sigmas(num_steps, shift).tolist(), context_noise)
