@@ -275,6 +275,40 @@ def test_classifier_free_guidance_batches_and_combines():
     assert torch.allclose(out1, torch.full_like(noise, -2.0))
 
 
+def test_a_model_with_the_given_reference_is_handed_the_mask_and_others_are_not():
+    from video_dit import PRESETS, VideoDiT
+
+    class Spy(torch.nn.Module):  # a wrapper holding the model, as DeepSpeed and DDP do
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.masks = module, []
+
+        def forward(self, x, t, given_mask=None, **cond):
+            self.masks.append(given_mask)
+            return self.module(x, t, given_mask=given_mask, **cond)
+
+    dit = VideoDiT(in_channels=2, text_dims=(3,), given_reference=True, **PRESETS["tiny"])
+    spy = Spy(dit)
+    assert flow.takes_given_mask(spy) and flow.takes_given_mask(dit)
+    assert not flow.takes_given_mask(VideoDiT(in_channels=2, text_dims=(3,), **PRESETS["tiny"]))
+    x0 = torch.randn(2, 2, 3, 4, 4)
+    mask = torch.tensor([[True, False, False], [True, True, False]])
+    cond = dict(text_states=[torch.randn(2, 4, 3)], text_masks=[torch.ones(2, 4, dtype=torch.bool)])
+    uncond = dict(text_states=[torch.zeros(2, 1, 3)], text_masks=[torch.ones(2, 1, dtype=torch.bool)])
+    flow.sample(spy, torch.randn_like(x0), cond, uncond, guidance=3.0, num_steps=2, given=x0, given_mask=mask)
+    assert len(spy.masks) == 2 and all(torch.equal(m, torch.cat([mask, mask])) for m in spy.masks)  # both halves
+    spy.masks.clear()
+    flow.sample(spy, torch.randn_like(x0), cond, num_steps=1, given=x0, given_mask=mask)
+    flow.training_losses(spy, x0, cond, given_mask=mask, context_noise=0.05)
+    assert all(torch.equal(m, mask) for m in spy.masks) and len(spy.masks) == 2
+    spy.masks.clear()
+    flow.sample(spy, torch.randn_like(x0), cond, uncond, num_steps=1)  # text-to-video: no mask
+    assert spy.masks == [None]
+    # any other callable keeps the plain (x, t, **cond) signature
+    flow.sample(lambda x, t, **kw: torch.zeros_like(x), torch.randn_like(x0), cond, uncond, num_steps=1, given=x0,
+                given_mask=mask)
+
+
 def _clean(x, t, v):
     return x - flow._broadcast(t) * v
 

@@ -179,6 +179,35 @@ def test_interpolation_holds_the_first_and_last_stills(pipe):
     assert not torch.equal(out.frames[:, :, 1:2], out.frames[:, :, :1])
 
 
+def test_a_transformer_with_the_given_reference_sees_the_still_through_it(pipe, tmp_path):
+    """Image-to-video, extension and a model folder with a reference DiT: its reference path is what
+    changes the clip once the still is given, and text-to-video (no given frame) is left alone."""
+    from video_dit import VideoDiT
+
+    base = pipe.transformer
+    dit = VideoDiT(**{**dict(base.config), "given_reference": True}).eval()
+    dit.load_state_dict(base.state_dict(), strict=False)
+    silent = with_settings(pipe, context_latent_frames=1)
+    silent.register_modules(transformer=dit)
+    still = moving_square(1, 32, 32)[0]
+    before = silent("the square slides", image=still, output_type="latent", generator=seeded(0)).frames
+    plain = pipe("the square slides", image=still, output_type="latent", generator=seeded(0)).frames
+    assert torch.allclose(before, plain, atol=1e-5)  # a silent reference: the base model's clip
+    torch.nn.init.normal_(dit.reference_embedding.weight, std=0.5)
+    after = silent("the square slides", image=still, output_type="latent", generator=seeded(0)).frames
+    assert torch.equal(after[:, :, :1], before[:, :, :1]) and not torch.allclose(after, before, atol=1e-3)
+    t2v = [p("the square slides", output_type="latent", generator=seeded(0)).frames for p in (silent, pipe)]
+    assert torch.allclose(*t2v, atol=1e-5)
+    extended = silent("more", video=moving_square(9, 32, 32), num_frames=8, generator=seeded(0))
+    assert extended.frames.shape[1] == 17
+    silent.save_pretrained(tmp_path / "model")
+    loaded = SpacetimePipeline.from_pretrained(tmp_path / "model")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.transformer.config.given_reference
+    again = loaded("the square slides", image=still, output_type="latent", generator=seeded(0)).frames
+    assert torch.allclose(again, after, atol=1e-5)
+
+
 # ---- extension ---------------------------------------------------------------------------------
 
 

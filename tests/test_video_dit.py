@@ -8,7 +8,7 @@ import torch
 
 from video_dit import PRESETS, VideoDiT, flow, patchify, unpatchify
 from video_dit.attention import attention
-from video_dit.model import apply_rope, rope_frequencies
+from video_dit.model import apply_rope, given_reference, rope_frequencies
 
 CONFIGS = [("full", "cross"), ("factorized", "cross"), ("full", "joint")]
 
@@ -214,6 +214,76 @@ def test_pooled_text_path_starts_silent_and_then_carries_the_prompt():
     assert not torch.allclose(pooled(x, t, ctx), pooled(x, t, other), atol=1e-4)
 
 
+def test_given_reference_is_the_latest_given_frame_at_or_before_each_frame():
+    x = torch.randn(3, 4, 5, 2, 2)
+    mask = torch.tensor([[True, False, False, True, False],  # first, then another given frame
+                         [False, False, True, False, False],  # frames before the first given get none
+                         [False] * 5])
+    ref = given_reference(x, mask)
+    assert ref.shape == (3, 5, 5, 2, 2)
+    for b, sources in enumerate([[0, 0, 0, 3, 3], [None, None, 2, 2, 2], [None] * 5]):
+        for frame, source in enumerate(sources):
+            if source is None:
+                assert not ref[b, :, frame].any()
+            else:
+                assert torch.equal(ref[b, :4, frame], x[b, :, source]) and bool((ref[b, 4, frame] == 1).all())
+    assert torch.equal(given_reference(x, None), torch.zeros(3, 5, 5, 2, 2))
+    with pytest.raises(ValueError, match=r"expected \(3, 5\)"):
+        given_reference(x, mask[:, :4])
+
+
+def test_given_reference_path_starts_silent_and_then_carries_the_given_frame():
+    """A trained model that gains the reference (its other weights copied) computes what it did,
+    mask or not; once the path's weights move, a given frame reaches the frames after it even with
+    attention cut, and the frames before it not at all."""
+    plain = perturb(tiny())
+    model = tiny(given_reference=True)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["reference_embedding.bias", "reference_embedding.weight"] and not unexpected
+    x, t, ctx = torch.randn(1, 4, 4, 4, 4), torch.full((1, 4), 0.6), text(batch=1)
+    mask = torch.tensor([[False, True, False, False]])
+    assert torch.equal(plain(x, t, ctx), model(x, t, ctx, given_mask=mask))
+    assert torch.equal(plain(x, t, ctx, given_mask=mask), plain(x, t, ctx))  # others ignore the mask
+    perturb(model.reference_embedding, seed=3)
+    for block in model.blocks:  # no attention between tokens: only the reference links the frames
+        block.attn1.to_out.weight.data.zero_()
+        block.attn1.to_out.bias.data.zero_()
+    other = x.clone()
+    other[:, :, 1] = torch.randn(4, 4, 4)  # another given frame
+    a, b = model(x, t, ctx, given_mask=mask), model(other, t, ctx, given_mask=mask)
+    assert torch.equal(a[:, :, 0], b[:, :, 0])  # before the given frame: untouched
+    assert not torch.allclose(a[:, :, 2:], b[:, :, 2:], atol=1e-4)
+    assert not torch.allclose(a, model(x, t, ctx), atol=1e-4)  # no mask: the reference is empty
+
+
+def test_given_reference_learns_to_hold_a_still_faster():
+    """The point of the reference: continuing a still clip from its first frame. The same tiny model
+    and steps, with and without it: with it the loss on held-out stills ends far lower."""
+    def still_clips(n, g):
+        return torch.randn(n, 4, 1, 4, 4, generator=g).expand(-1, -1, 4, -1, -1).contiguous()
+
+    mask = torch.tensor([[True, False, False, False]]).expand(16, -1)
+    losses = {}
+    for reference in (False, True):
+        torch.manual_seed(0)
+        model = tiny(text_dims=(), prediction="sample", given_reference=reference)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        g = torch.Generator().manual_seed(0)
+        with one_thread():
+            for _ in range(150):
+                loss = flow.training_losses(model, still_clips(16, g), given_mask=mask, context_noise=0.05,
+                                            uniform_share=1.0, sample_space=True, generator=g)["loss"]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(99)
+                losses[reference] = flow.training_losses(model, still_clips(16, g), given_mask=mask,
+                                                         context_noise=0.05, uniform_share=1.0, sample_space=True,
+                                                         generator=g)["loss"].item()
+    assert losses[True] < 0.1 * losses[False], losses
+
+
 def test_unconditional_model_has_no_text_layers():
     model = tiny(text_dims=(), pooled_text=True)
     assert model.pooled_text_embedder is None
@@ -245,18 +315,20 @@ def test_bad_inputs_name_what_was_expected():
 
 @pytest.mark.parametrize("attn,cond,pooled", [(*c, False) for c in CONFIGS] + [("full", "cross", True)])
 def test_save_load_round_trip(tmp_path, attn, cond, pooled):
-    model = perturb(tiny(attn, cond, text_dims=(8, 6), pooled_text=pooled))
+    model = perturb(tiny(attn, cond, text_dims=(8, 6), pooled_text=pooled, given_reference=pooled))
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     if not pooled:  # a folder saved before the pooled path existed has no such key: it still loads
         config = json.loads((tmp_path / "config.json").read_text())
-        del config["pooled_text"]
+        del config["pooled_text"], config["given_reference"]
         (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = VideoDiT.from_pretrained(tmp_path)
     assert loaded.config.attention == attn and tuple(loaded.config.text_dims) == (8, 6)
     assert loaded.config.pooled_text == pooled and (loaded.pooled_text_embedder is not None) == pooled
+    assert loaded.config.given_reference == pooled and (loaded.reference_embedding is not None) == pooled
     x, t, ctx = torch.randn(1, 4, 2, 4, 4), torch.rand(1), text(batch=1, lengths=(3, 4), dims=(8, 6))
-    assert torch.allclose(model(x, t, ctx), loaded(x, t, ctx), atol=1e-6)
+    mask = torch.tensor([[True, False]])
+    assert torch.allclose(model(x, t, ctx, given_mask=mask), loaded(x, t, ctx, given_mask=mask), atol=1e-6)
 
 
 @pytest.mark.parametrize("attn,cond", CONFIGS)

@@ -15,7 +15,7 @@ from video_dit.flops import count_flops
                                               ("full", "joint", False), ("full", "cross", True)])
 def test_count_matches_torch_flop_counter(attn, cond, pooled):
     model = VideoDiT(in_channels=4, attention=attn, text_conditioning=cond, text_dims=(8, 12), pooled_text=pooled,
-                     **PRESETS["tiny"])
+                     given_reference=pooled, **PRESETS["tiny"])
     x, text = torch.randn(1, 4, 3, 8, 6), [torch.randn(1, 5, 8), torch.randn(1, 6, 12)]
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # the math path's bmm is counted
@@ -25,8 +25,10 @@ def test_count_matches_torch_flop_counter(attn, cond, pooled):
     assert ours["flops"] == pytest.approx(counter.get_total_flops(), rel=1e-3)
     assert ours["tokens"] == 3 * 4 * 3
     if pooled:  # the pooled MLP, counted exactly (its share of the total is below the tolerance above)
-        plain = count_flops({**dict(model.config), "pooled_text": False}, 3, 8, 6, text_tokens=11)
-        assert ours["macs"] - plain["macs"] == (8 + 12) * 64 + 64 * 64
+        plain = count_flops({**dict(model.config), "pooled_text": False, "given_reference": False}, 3, 8, 6,
+                            text_tokens=11)
+        reference = 36 * 4 * (4 + 1) * 64  # every token's reference latent and flag, embedded
+        assert ours["macs"] - plain["macs"] == (8 + 12) * 64 + 64 * 64 + reference
 
 
 def test_dit_xl_2_reproduces_the_paper():

@@ -82,6 +82,8 @@ def count_flops(model_or_config, frames: int, height: int, width: int, text_toke
         ["embed", "time", "text", "attention_projections", "cross_attention", "attention_scores", "mlp", "final"], 0
     )
     parts["embed"] = n * pv * cin * d
+    if c.get("given_reference"):  # the reference latent and its flag through their own embedding
+        parts["embed"] += n * pv * (cin + 1) * d
     parts["time"] = t * (c["frequency_size"] * d + d * d + d * k * d) + (d * 6 * d if joint else 0)
     if has_text and c["pooled_text"]:  # one pooled vector per sample through a two-layer MLP
         parts["time"] += sum(text_dims) * d + d * d

@@ -4,7 +4,8 @@
     target velocity v = e - x0,      so x0 = x_t - t * v  and  dx_t / dt = v.
 
 The model is any callable `model(x_t, timestep, **cond) -> v` taking (B, C, T, H, W) latents and
-(B, T) per-frame timesteps; this module knows nothing else about it.
+(B, T) per-frame timesteps; this module knows nothing else about it, but that a model built to
+read the given frames' mask (a VideoDiT with `given_reference`) is also passed `given_mask=`.
 
 Given frames (image-to-video, extension, the long-video sampler, interpolation) are frames whose
 latents are known: they are fed at timestep `context_noise` (0 = clean), excluded from the loss
@@ -182,7 +183,7 @@ def training_losses(
     tt = _broadcast(t_frames).to(x0.dtype)
     x_t = (1 - tt) * x0 + tt * noise
     target = noise - x0
-    v = model(x_t, t_frames, **cond)
+    v = model(x_t, t_frames, **cond, **_given_kwargs(model, given_mask))
     element_weight = _broadcast(weight).expand_as(x0).float()  # (B, C, T, H, W): given_weight on given frames
     if loss_weight is not None:
         try:
@@ -232,6 +233,25 @@ def motion_loss_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------
+
+
+def takes_given_mask(model) -> bool:
+    """Whether `model` is a VideoDiT built with `given_reference` (which reads the given frames'
+    mask), looking through the wrappers that hold one (DeepSpeed, DDP, torch.compile, PEFT)."""
+    for _ in range(6):
+        if model is None:
+            break
+        config = getattr(model, "config", None)
+        if isinstance(config, dict) and config.get("given_reference"):
+            return True
+        model = next((getattr(model, name) for name in ("module", "_orig_mod", "base_model", "model")
+                      if isinstance(getattr(model, name, None), torch.nn.Module)), None)
+    return False
+
+
+def _given_kwargs(model, given_mask: torch.Tensor | None) -> dict:
+    """given_mask=... for a model that takes it, nothing for any other callable."""
+    return dict(given_mask=given_mask) if given_mask is not None and takes_given_mask(model) else {}
 
 
 def _cat_text(cond: dict, uncond: dict) -> dict:
@@ -345,6 +365,8 @@ def sample(
         given_in = (1 - context_noise) * given + context_noise * context_noise_draw
     use_cfg = uncond is not None and guidance != 1.0
     both = _cat_text(cond, uncond) if use_cfg and "text_states" in cond else None
+    single = _given_kwargs(model, given_mask)
+    double = _given_kwargs(model, None if given_mask is None else torch.cat([given_mask, given_mask]))
 
     def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
         t = torch.full((b, frames), float(sigma), device=x.device)
@@ -352,11 +374,11 @@ def sample(
             x = torch.where(keep, given_in, x)
             t = torch.where(given_mask, torch.full_like(t, context_noise), t)
         if not use_cfg:
-            return model(x, t, **cond)
+            return model(x, t, **cond, **single)
         if both is not None:
-            v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), **both).chunk(2)
+            v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), **both, **double).chunk(2)
         else:
-            v_c, v_u = model(x, t, **cond), model(x, t, **uncond)
+            v_c, v_u = model(x, t, **cond, **single), model(x, t, **uncond, **single)
         guided = v_u + guidance * (v_c - v_u)
         return rescale_guidance(x, t, guided, v_c, guidance_rescale, None if given_mask is None else ~given_mask)
 

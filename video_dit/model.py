@@ -48,6 +48,22 @@ def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
     return rearrange(x, "b c (t pt) (h ph) (w pw) -> b (t h w) (pt ph pw c)", pt=pt, ph=ph, pw=pw)
 
 
+def given_reference(x: torch.Tensor, given_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, C+1, T, H, W): for each latent frame of x (B, C, T, H, W), the latest frame at or before it
+    that `given_mask` (B, T) marks as given, and a last channel of 1 where there is one. Frames
+    before the first given frame, and all frames when `given_mask` is None, get zeros."""
+    b, c, t, h, w = x.shape
+    if given_mask is None:
+        return x.new_zeros(b, c + 1, t, h, w)
+    if tuple(given_mask.shape) != (b, t):
+        raise ValueError(f"given_mask has shape {tuple(given_mask.shape)}; expected ({b}, {t})")
+    index = torch.arange(t, device=x.device).expand(b, t)
+    latest = torch.where(given_mask.to(device=x.device, dtype=torch.bool), index, -1).cummax(dim=1).values
+    has = (latest >= 0).to(x.dtype)[:, None, :, None, None]  # (B, 1, T, 1, 1)
+    reference = torch.gather(x, 2, latest.clamp(min=0)[:, None, :, None, None].expand(b, c, t, h, w)) * has
+    return torch.cat([reference, has.expand(b, 1, t, h, w)], dim=1)
+
+
 def unpatchify(tokens: torch.Tensor, patch: tuple[int, int, int], grid: tuple[int, int, int]) -> torch.Tensor:
     """Inverse of `patchify`: (B, N, pt*ph*pw*C) tokens on a (T', H', W') grid -> (B, C, T, H, W)."""
     pt, ph, pw = patch
@@ -466,6 +482,13 @@ class VideoDiT(ModelMixin, ConfigMixin):
             pt*ph*pw*C against hidden_size): clean latents lie near a low-dimensional set that
             a narrow model can draw, noise does not, and a velocity model of that shape leaves
             noise in its samples.
+        given_reference: also show every latent frame the latest given frame at or before it
+            (`given_reference`), through its own patch embedding (zero at the start) added to the
+            tokens. Given frames otherwise reach the others only through attention, which copies
+            content loosely: a continuation then blurs and shifts the colours of what it was
+            given. With the reference at each token's own place, holding the background of an
+            image or of the context of an extension is a local step. `forward` then takes the
+            `given_mask`; without one (text-to-video) the reference is empty.
     """
 
     _supports_gradient_checkpointing = True
@@ -491,6 +514,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         eps: float = 1e-6,
         prediction: str = "velocity",
         pooled_text: bool = False,
+        given_reference: bool = False,
     ):
         super().__init__()
         if prediction not in PREDICTIONS:
@@ -518,6 +542,8 @@ class VideoDiT(ModelMixin, ConfigMixin):
         self.num_modulations = 9 if attention == "factorized" else 6
 
         self.patch_embedding = Linear(patch_volume * in_channels, hidden_size)
+        # the reference latent and a channel that says whether a frame has one
+        self.reference_embedding = Linear(patch_volume * (in_channels + 1), hidden_size) if given_reference else None
         self.time_embedder = TimestepEmbedder(hidden_size, frequency_size)
         self.time_proj = Linear(hidden_size, self.num_modulations * hidden_size)  # shared by all blocks
         self.text_embedders = nn.ModuleList([TextProjection(dim, hidden_size) for dim in text_dims])
@@ -577,6 +603,9 @@ class VideoDiT(ModelMixin, ConfigMixin):
         if self.pooled_text_embedder is not None:
             nn.init.zeros_(self.pooled_text_embedder.linear_2.weight)
             nn.init.zeros_(self.pooled_text_embedder.linear_2.bias)
+        if self.reference_embedding is not None:  # a new path computes nothing until trained
+            nn.init.zeros_(self.reference_embedding.weight)
+            nn.init.zeros_(self.reference_embedding.bias)
 
     # ---- runtime switches -----------------------------------------------------------------
 
@@ -664,17 +693,22 @@ class VideoDiT(ModelMixin, ConfigMixin):
         timestep: torch.Tensor,
         text_states: list[torch.Tensor] | None = None,
         text_masks: list[torch.Tensor | None] | None = None,
+        given_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The velocity (predicted directly or from a predicted clean sample, by `prediction`).
 
         x: (B, C, T, H, W) noisy latents; timestep: (B,) or (B, T) sigma in [0, 1] (0 clean, 1
         noise), one per latent frame when 2D; text_states: one (B, L_i, D_i) tensor per text
-        encoder; text_masks: matching (B, L_i) bool masks (True = real token) or None.
-        Returns (B, C, T, H, W).
+        encoder; text_masks: matching (B, L_i) bool masks (True = real token) or None;
+        given_mask: (B, T) bool, the latent frames that are given (conditioning), for a model
+        built with `given_reference` (others ignore it). Returns (B, C, T, H, W).
         """
         grid, timestep, frame_timestep, text_states, text_masks = self._check_inputs(x, timestep, text_states, text_masks)
         frames = grid[0]
-        tokens = self.patch_embedding(patchify(x, self.patch).to(self.patch_embedding.weight.dtype))  # (B, N, D)
+        dtype = self.patch_embedding.weight.dtype
+        tokens = self.patch_embedding(patchify(x, self.patch).to(dtype))  # (B, N, D)
+        if self.reference_embedding is not None:
+            tokens = tokens + self.reference_embedding(patchify(given_reference(x, given_mask), self.patch).to(dtype))
         rope = rope_frequencies(self.head_dim, grid, self.config.rope_theta, device=x.device)  # (N, d/2)
         temb = self.time_embedder(timestep)  # (B, T', D)
         if self.pooled_text_embedder is not None:
