@@ -111,6 +111,11 @@ class SpacetimePipeline(DiffusionPipeline):
         native_frames, height, width: the clip size the model was trained on (pixels; frames 1 + 4k).
         fps: the frame rate its clips play at.
         num_inference_steps, guidance_scale: sampling defaults.
+        given_guidance_scale: the guidance of calls that start from given frames (image-to-video,
+            extension, interpolation), in every window; None: `guidance_scale`. A still or a video
+            already shows the content, as it looks, and strong guidance re-renders it brighter and
+            harsher than it was given. (A long text-to-video clip keeps `guidance_scale` in every
+            window: its later windows continue the look of its first.)
         guidance_rescale: default strength of `video_dit.flow.rescale_guidance` (0 = plain guidance).
         shift: timestep shift of the schedule; None picks it from the token count
             (`video_dit.flow.shift_for_tokens`).
@@ -135,6 +140,7 @@ class SpacetimePipeline(DiffusionPipeline):
         context_latent_frames: int = 2,
         context_noise: float = 0.05,
         guidance_rescale: float = 0.0,
+        given_guidance_scale: float | None = None,
     ):
         super().__init__()
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder)
@@ -149,6 +155,7 @@ class SpacetimePipeline(DiffusionPipeline):
             context_latent_frames=int(context_latent_frames),
             context_noise=float(context_noise),
             guidance_rescale=float(guidance_rescale),
+            given_guidance_scale=None if given_guidance_scale is None else float(given_guidance_scale),
         )
         self._check_parts()
 
@@ -389,6 +396,7 @@ class SpacetimePipeline(DiffusionPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         guidance_rescale: float | None = None,
+        given_guidance_scale: float | None = None,
         image: np.ndarray | str | None = None,
         last_image: np.ndarray | str | None = None,
         video: np.ndarray | str | None = None,
@@ -407,7 +415,10 @@ class SpacetimePipeline(DiffusionPipeline):
             num_frames: pixel frames (1 + 4k; others are rounded, with a notice); longer than the
                 native length makes a long video window by window. With `video`: the new frames.
             height, width: pixels (multiples of `size_multiple`; others are rounded).
-            num_inference_steps, guidance_scale: default to the model folder's values.
+            num_inference_steps, guidance_scale: default to the model folder's values. A
+                guidance_scale given here holds for every window.
+            given_guidance_scale: the guidance when a still or a video is given (see the class);
+                defaults to `guidance_scale` when that is given here, else to the folder's.
             guidance_rescale: 0 to 1, how far the guided estimate is scaled back to the spread of
                 the prompt's own (`video_dit.flow.rescale_guidance`); tames the brighter, harsher
                 look of strong guidance. Defaults to the model folder's value.
@@ -428,11 +439,12 @@ class SpacetimePipeline(DiffusionPipeline):
             raise UserError("on_frames receives decoded frames; it cannot be used with output_type='latent'")
         c = self.config
         steps = c.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
-        guidance = c.guidance_scale if guidance_scale is None else float(guidance_scale)
+        guidance, given_guidance = self.guidance_scales(guidance_scale, given_guidance_scale)
         if steps < 1:
             raise UserError(f"steps={steps}; use 1 or more (the model's default is {c.num_inference_steps})")
-        if guidance < 0:
-            raise UserError(f"guidance={guidance}; use 1 (none) or more, e.g. {c.guidance_scale}")
+        for name, value in (("guidance", guidance), ("given_guidance", given_guidance)):
+            if value < 0:
+                raise UserError(f"{name}={value:g}; use 1 (none) or more, e.g. {c.guidance_scale:g}")
         rescale = c.guidance_rescale if guidance_rescale is None else float(guidance_rescale)
         if not 0.0 <= rescale <= 1.0:
             raise UserError(f"guidance_rescale={rescale}; use a strength from 0 (off) to 1, e.g. 0.7")
@@ -467,6 +479,8 @@ class SpacetimePipeline(DiffusionPipeline):
         seed = generator.initial_seed()
 
         # 3. Prompt.
+        if still is not None or last_still is not None or input_frames is not None:
+            guidance = given_guidance  # the content is given: keep to its look
         do_guidance = guidance != 1.0
         cond, uncond = self.encode_prompt(prompt, negative_prompt, do_guidance)
 
@@ -566,6 +580,22 @@ class SpacetimePipeline(DiffusionPipeline):
         out = SpacetimePipelineOutput(frames=frames, fps=float(c.fps), seed=seed, notices=request.notices,
                                       num_frames=total, height=h, width=w)
         return out if return_dict else (frames,)
+
+    def guidance_scales(self, guidance_scale: float | None = None,
+                        given_guidance_scale: float | None = None) -> tuple[float, float]:
+        """(guidance of text-to-video, guidance when a still or a video is given) for a call's
+        arguments: a guidance_scale passed holds for both unless given_guidance_scale is passed too;
+        otherwise each comes from the folder (given_guidance_scale None: guidance_scale)."""
+        c = self.config
+        if guidance_scale is not None:
+            guidance = float(guidance_scale)
+            given = guidance
+        else:
+            guidance = float(c.guidance_scale)
+            given = guidance if c.given_guidance_scale is None else float(c.given_guidance_scale)
+        if given_guidance_scale is not None:
+            given = float(given_guidance_scale)
+        return guidance, given
 
     def _vae_dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
@@ -690,7 +720,7 @@ class SpacetimePipeline(DiffusionPipeline):
 
 
 _SETTINGS = ("native_frames", "height", "width", "fps", "num_inference_steps", "guidance_scale", "shift",
-             "context_latent_frames", "context_noise", "guidance_rescale")
+             "context_latent_frames", "context_noise", "guidance_rescale", "given_guidance_scale")
 
 
 def _is_int(v) -> bool:  # 64 or 64.0 (the pipeline takes int() of it)
@@ -713,6 +743,7 @@ _SETTING_CHECKS = (
     ("context_latent_frames", lambda v: _is_int(v) and v >= 1, "a whole number, 1 or more"),
     ("context_noise", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("guidance_rescale", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("given_guidance_scale", lambda v: v is None or _is_number(v), "a number, or null for guidance_scale"),
 )
 
 

@@ -68,6 +68,43 @@ def test_guidance_rescale_changes_the_clip_and_defaults_to_the_folder(pipe, tmp_
     assert SpacetimePipeline.from_pretrained(folder).config.guidance_rescale == 0.0
 
 
+def test_given_guidance_guides_image_to_video_and_extension(pipe, tmp_path):
+    still = moving_square(1, 32, 32)[0]
+
+    def latents(p, **kwargs):
+        return p("the square slides", output_type="latent", generator=seeded(0), **kwargs).frames
+
+    assert pipe.guidance_scales() == (3.0, 3.0)  # the folder has none: guidance_scale throughout
+    folder = with_settings(pipe, given_guidance_scale=1.5)
+    assert folder.guidance_scales() == (3.0, 1.5)
+    assert folder.guidance_scales(4.0) == (4.0, 4.0)  # a guidance passed holds for every window
+    assert folder.guidance_scales(4.0, 2.0) == (4.0, 2.0) and pipe.guidance_scales(None, 2.0) == (3.0, 2.0)
+    # image-to-video, also over several windows, and extension run at the given guidance
+    for frames in (9, 17):
+        assert torch.equal(latents(folder, image=still, num_frames=frames),
+                           latents(pipe, image=still, num_frames=frames, guidance_scale=1.5))
+    assert not torch.equal(latents(folder, image=still), latents(pipe, image=still))
+    clip = moving_square(9, 32, 32)
+    assert torch.equal(latents(folder, video=clip, num_frames=8), latents(pipe, video=clip, num_frames=8,
+                                                                           guidance_scale=1.5))
+    # text-to-video keeps guidance_scale, in every window of a long clip too
+    assert torch.equal(latents(folder), latents(pipe))
+    assert torch.equal(latents(folder, num_frames=17), latents(pipe, num_frames=17))
+    with pytest.raises(UserError, match=r"given_guidance=-1; use 1 \(none\) or more"):
+        pipe("a red circle", given_guidance_scale=-1)
+    folder.save_pretrained(tmp_path / "model")
+    assert SpacetimePipeline.from_pretrained(tmp_path / "model").config.given_guidance_scale == 1.5
+    path = tmp_path / "model" / "model_index.json"
+    index = json.loads(path.read_text())
+    del index["given_guidance_scale"]  # folders written before the setting existed
+    path.write_text(json.dumps(index))
+    assert SpacetimePipeline.from_pretrained(tmp_path / "model").guidance_scales() == (3.0, 3.0)
+    index["given_guidance_scale"] = "low"
+    path.write_text(json.dumps(index))
+    with pytest.raises(UserError, match="given_guidance_scale.*a number, or null for guidance_scale"):
+        SpacetimePipeline.from_pretrained(tmp_path / "model")
+
+
 def test_without_a_generator_a_seed_is_drawn_and_reproduces_the_clip(pipe):
     first = pipe("a red circle", output_type="latent")
     again = pipe("a red circle", output_type="latent", generator=seeded(first.seed))

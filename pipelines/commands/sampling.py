@@ -28,7 +28,8 @@ def add_sampling_arguments(parser, *, frames_required: bool = False) -> None:
     parser.add_argument("--fps", type=float, default=None, metavar="F", help="frame rate of the output file")
     parser.add_argument("--steps", type=int, default=None, metavar="S", help="sampling steps (default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, metavar="G",
-                        help="classifier-free guidance scale; 1 turns it off (default: the model's)")
+                        help="classifier-free guidance scale; 1 turns it off (default: the model's; for "
+                        "animate and extend its given_guidance_scale, which may be lower)")
     parser.add_argument("--guidance-rescale", type=float, default=None, metavar="R",
                         help="0 to 1: scale strong guidance back to the prompt's own spread, for a less "
                         "harsh look (default: the model's)")
@@ -201,6 +202,7 @@ def run_sampling(args, task: str) -> int:
     elapsed = time.perf_counter() - started
     from pipelines import __version__
 
+    guidance, given_guidance = pipe.guidance_scales(args.guidance)
     record = {
         "task": task,
         "prompt": args.prompt,
@@ -211,7 +213,8 @@ def run_sampling(args, task: str) -> int:
         "height": result.height,
         "fps": fps,
         "steps": args.steps or pipe.config.num_inference_steps,
-        "guidance": pipe.config.guidance_scale if args.guidance is None else args.guidance,
+        "guidance": guidance,
+        "given_guidance": given_guidance,
         "guidance_rescale": pipe.config.guidance_rescale if args.guidance_rescale is None else args.guidance_rescale,
         "model": str(model),
         "device": args.device,
