@@ -38,6 +38,25 @@ def test_packed_model_is_half_the_size_and_generates_like_the_original(tmp_path)
     assert not (tmp_path / ".tmp_packed").exists()
 
 
+def test_settings_set_the_shipped_sampling_defaults_and_bad_ones_are_refused(tmp_path):
+    from pipelines.pipeline import SpacetimePipeline
+
+    tool = load_tool("pack_default_model")
+    src = save_tiny_model(tmp_path / "model")
+    assert tool.parse_setting("given_guidance_scale=2") == ("given_guidance_scale", 2)
+    assert tool.parse_setting("shift=null") == ("shift", None)
+    tool.pack(src, tmp_path / "packed", settings={"given_guidance_scale": 2, "guidance_rescale": 0.5})
+    pipe = SpacetimePipeline.from_pretrained(tmp_path / "packed")
+    assert pipe.guidance_scales() == (3.0, 2.0) and pipe.config.guidance_rescale == 0.5
+    before = (tmp_path / "packed" / "model_index.json").read_text()
+    for settings, words in (({"guidance": 2}, "not a sampling setting; use one of"),
+                            ({"guidance_rescale": 3}, "expected a number in \\[0, 1\\]")):
+        with pytest.raises(SystemExit, match=words):
+            tool.pack(src, tmp_path / "packed", settings=settings)
+        assert (tmp_path / "packed" / "model_index.json").read_text() == before  # left as it was
+        assert not (tmp_path / ".tmp_packed").exists()
+
+
 def test_a_folder_that_is_not_a_model_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="not a model folder"):
         load_tool("pack_default_model").pack(tmp_path, tmp_path / "packed")

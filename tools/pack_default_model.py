@@ -3,6 +3,7 @@
     python tools/pack_default_model.py runs/dit_default/pipeline [--out pipelines/default_model] [--card CARD.md]
     python tools/pack_default_model.py runs/vae_compact/model --out pipelines/default_model/vae
     python tools/pack_default_model.py runs/dit_default/pipeline --vae runs/vae_compact/model
+    python tools/pack_default_model.py runs/dit_default/pipeline --setting given_guidance_scale=2
 
 
 Copies the folder (model_index.json, the vae/ and transformer/ parts, their configs; any other
@@ -15,6 +16,8 @@ the default VAE installed before the rest of the default model). The card, if gi
 --vae ships another VAE in place of the pipeline's own: one with the same latent space (the same
 config and the same encoder weights), such as a decoder trained on after the DiT's latents were cached
 with vae.train_encoder: false. Any other VAE is refused, since the DiT would not understand its latents.
+--setting KEY=VALUE (repeatable) sets a sampling default of the pipeline's model_index.json (the value
+is read as JSON: 2, 0.7, null), checked as the pipeline checks a folder it loads.
 The result is written beside --out under a temporary name and moved into place when complete.
 """
 
@@ -70,13 +73,44 @@ def _same_latent_space(ours: Path, theirs: Path) -> None:
                              f"({key}); ship a VAE trained from it with vae.train_encoder: false")
 
 
-def pack(src: Path, out: Path, card: Path | None = None, vae: Path | None = None) -> dict:
+def _apply_settings(index_path: Path, settings: dict) -> None:
+    """Write `settings` into a model_index.json; SystemExit for an unknown key or a value a
+    pipeline would refuse."""
+    from pipelines.pipeline import _SETTING_CHECKS
+
+    checks = {key: (ok, want) for key, ok, want in _SETTING_CHECKS}
+    index = json.loads(index_path.read_text())
+    for key, value in settings.items():
+        if key not in checks:
+            raise SystemExit(f"--setting {key}: not a sampling setting; use one of {', '.join(checks)}")
+        ok, want = checks[key]
+        if not ok(value):
+            raise SystemExit(f"--setting {key}={json.dumps(value)}: expected {want}")
+        index[key] = value
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+
+
+def parse_setting(text: str) -> tuple[str, object]:
+    """'key=value' with the value read as JSON (a bare word is taken as a string)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. given_guidance_scale=2")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def pack(src: Path, out: Path, card: Path | None = None, vae: Path | None = None,
+         settings: dict | None = None) -> dict:
     if not _model_folder(src):
         raise SystemExit(f"{src} is not a model folder (no model_index.json or config.json); pass RUN/pipeline of a "
                          "DiT run or a VAE's model folder")
     if out.exists() and not (_model_folder(out) or any((out / p / "config.json").is_file() for p in PARTS)):
         raise SystemExit(f"{out} exists and is not a model folder; refusing to replace it")
     parts = PARTS if (src / "model_index.json").is_file() else (".",)  # a pipeline, or one component
+    if settings and "vae" not in parts:
+        raise SystemExit(f"--setting sets a pipeline's sampling defaults; {src} is a single component")
     sources = {part: src / part for part in parts}
     if vae is not None:
         if "vae" not in parts:
@@ -117,6 +151,12 @@ def pack(src: Path, out: Path, card: Path | None = None, vae: Path | None = None
         save_file(tensors, str(target), metadata=metadata)
     if card is not None:
         shutil.copyfile(card, tmp / "README.md")
+    if settings:
+        try:
+            _apply_settings(tmp / "model_index.json", settings)
+        except SystemExit:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     replace_folder(tmp, out)  # a model folder is in place at every moment
     return report
 
@@ -128,8 +168,10 @@ def main() -> None:
     parser.add_argument("--card", type=Path, default=None, help="a model card (Markdown) to ship as README.md")
     parser.add_argument("--vae", type=Path, default=None,
                         help="a VAE folder to ship in place of the pipeline's (same config and encoder weights)")
+    parser.add_argument("--setting", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="a sampling default for model_index.json, e.g. given_guidance_scale=2 (repeatable)")
     args = parser.parse_args()
-    r = pack(args.model, args.out, args.card, args.vae)
+    r = pack(args.model, args.out, args.card, args.vae, dict(args.setting))
     print(f"packed {r['tensors']} tensors into {args.out}: {r['bytes_before'] / 1e6:.1f} MB -> "
           f"{r['bytes_after'] / 1e6:.1f} MB, largest float16 rounding error {r['max_rounding_error']:.2e} "
           f"(relative, for weights above 1e-4: {r['max_relative_error']:.2e})",
