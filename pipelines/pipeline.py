@@ -442,9 +442,10 @@ class SpacetimePipeline(DiffusionPipeline):
         guidance, given_guidance = self.guidance_scales(guidance_scale, given_guidance_scale)
         if steps < 1:
             raise UserError(f"steps={steps}; use 1 or more (the model's default is {c.num_inference_steps})")
-        for name, value in (("guidance", guidance), ("given_guidance", given_guidance)):
+        for name, value, usual in (("guidance", guidance, c.guidance_scale),
+                                   ("given_guidance", given_guidance, self.guidance_scales()[1])):
             if value < 0:
-                raise UserError(f"{name}={value:g}; use 1 (none) or more, e.g. {c.guidance_scale:g}")
+                raise UserError(f"{name}={value:g}; use 1 (none) or more, e.g. {usual:g}")
         rescale = c.guidance_rescale if guidance_rescale is None else float(guidance_rescale)
         if not 0.0 <= rescale <= 1.0:
             raise UserError(f"guidance_rescale={rescale}; use a strength from 0 (off) to 1, e.g. 0.7")
@@ -738,12 +739,13 @@ _SETTING_CHECKS = (
     ("width", lambda v: _is_int(v) and v >= 1, "a whole number of pixels, 1 or more"),
     ("fps", lambda v: _is_number(v) and v > 0, "a positive number"),
     ("num_inference_steps", lambda v: _is_int(v) and v >= 1, "a whole number, 1 or more"),
-    ("guidance_scale", _is_number, "a number"),
+    ("guidance_scale", lambda v: _is_number(v) and v >= 0, "a number >= 0 (1: no guidance)"),
     ("shift", lambda v: v is None or (_is_number(v) and v > 0), "a positive number, or null for automatic"),
     ("context_latent_frames", lambda v: _is_int(v) and v >= 1, "a whole number, 1 or more"),
     ("context_noise", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("guidance_rescale", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("given_guidance_scale", lambda v: v is None or _is_number(v), "a number, or null for guidance_scale"),
+    ("given_guidance_scale", lambda v: v is None or (_is_number(v) and v >= 0),
+     "a number >= 0, or null for guidance_scale"),
 )
 
 

@@ -60,7 +60,7 @@ def test_generate_writes_the_clip_the_sidecar_and_the_preview(model, tmp_path, c
     assert (sidecar["frames"], sidecar["width"], sidecar["height"], sidecar["steps"]) == (9, 32, 32, 2)
     assert sidecar["task"] == "generate" and sidecar["model"] == str(model)
     assert sidecar["guidance_rescale"] == 0.0  # the model folder's
-    assert sidecar["guidance"] == sidecar["given_guidance"] == 3.0  # the folder's, and it has no given one
+    assert sidecar["guidance"] == 3.0  # the folder's
     assert Image.open(tmp_path / "clip.png").size[0] > 32
     last = stdout.strip().splitlines()[-1]
     assert str(out) in last and re.search(r"in \d+\.\d s$", last)
@@ -128,16 +128,16 @@ def test_animate_accepts_awkward_stills(model, tmp_path, capsys):
         assert read_video(out).num_frames == 9
 
 
-def test_the_sidecar_records_the_guidance_of_windows_with_given_frames(tmp_path, capsys):
+def test_the_sidecar_records_the_guidance_an_animation_was_made_with(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "tiny", given_guidance_scale=1.5)
     Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(tmp_path / "still.png")
-    for flags, expected in (([], (3.0, 1.5)), (["--guidance", "2"], (2.0, 2.0))):
+    for flags, expected in (([], 1.5), (["--guidance", "2"], 2.0)):
         out = tmp_path / f"a{len(flags)}.mp4"
         code, _, err = run(capsys, "animate", tmp_path / "still.png", "it wakes up", "--model", model, "--out", out,
                            "--steps", 1, *flags)
         assert code == 0, err
         sidecar = json.loads((tmp_path / f"a{len(flags)}.mp4.json").read_text())
-        assert (sidecar["guidance"], sidecar["given_guidance"]) == expected
+        assert sidecar["guidance"] == expected  # the scale the clip was made with
 
 
 def test_extend_keeps_the_input_and_adds_frames(model, tmp_path, capsys):

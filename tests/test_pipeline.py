@@ -101,7 +101,7 @@ def test_given_guidance_guides_image_to_video_and_extension(pipe, tmp_path):
     assert SpacetimePipeline.from_pretrained(tmp_path / "model").guidance_scales() == (3.0, 3.0)
     index["given_guidance_scale"] = "low"
     path.write_text(json.dumps(index))
-    with pytest.raises(UserError, match="given_guidance_scale.*a number, or null for guidance_scale"):
+    with pytest.raises(UserError, match="given_guidance_scale.*a number >= 0, or null for guidance_scale"):
         SpacetimePipeline.from_pretrained(tmp_path / "model")
 
 

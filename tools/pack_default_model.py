@@ -73,21 +73,17 @@ def _same_latent_space(ours: Path, theirs: Path) -> None:
                              f"({key}); ship a VAE trained from it with vae.train_encoder: false")
 
 
-def _apply_settings(index_path: Path, settings: dict) -> None:
-    """Write `settings` into a model_index.json; SystemExit for an unknown key or a value a
-    pipeline would refuse."""
+def _check_settings(settings: dict) -> None:
+    """SystemExit for an unknown sampling setting or a value a loading pipeline would refuse."""
     from pipelines.pipeline import _SETTING_CHECKS
 
     checks = {key: (ok, want) for key, ok, want in _SETTING_CHECKS}
-    index = json.loads(index_path.read_text())
     for key, value in settings.items():
         if key not in checks:
             raise SystemExit(f"--setting {key}: not a sampling setting; use one of {', '.join(checks)}")
         ok, want = checks[key]
         if not ok(value):
             raise SystemExit(f"--setting {key}={json.dumps(value)}: expected {want}")
-        index[key] = value
-    index_path.write_text(json.dumps(index, indent=2) + "\n")
 
 
 def parse_setting(text: str) -> tuple[str, object]:
@@ -111,6 +107,7 @@ def pack(src: Path, out: Path, card: Path | None = None, vae: Path | None = None
     parts = PARTS if (src / "model_index.json").is_file() else (".",)  # a pipeline, or one component
     if settings and "vae" not in parts:
         raise SystemExit(f"--setting sets a pipeline's sampling defaults; {src} is a single component")
+    _check_settings(settings or {})
     sources = {part: src / part for part in parts}
     if vae is not None:
         if "vae" not in parts:
@@ -152,11 +149,8 @@ def pack(src: Path, out: Path, card: Path | None = None, vae: Path | None = None
     if card is not None:
         shutil.copyfile(card, tmp / "README.md")
     if settings:
-        try:
-            _apply_settings(tmp / "model_index.json", settings)
-        except SystemExit:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        index = json.loads((tmp / "model_index.json").read_text())
+        (tmp / "model_index.json").write_text(json.dumps({**index, **settings}, indent=2) + "\n")
     replace_folder(tmp, out)  # a model folder is in place at every moment
     return report
 

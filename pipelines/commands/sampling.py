@@ -203,6 +203,8 @@ def run_sampling(args, task: str) -> int:
     from pipelines import __version__
 
     guidance, given_guidance = pipe.guidance_scales(args.guidance)
+    if task != "generate":  # a still or a video was given
+        guidance = given_guidance
     record = {
         "task": task,
         "prompt": args.prompt,
@@ -214,7 +216,6 @@ def run_sampling(args, task: str) -> int:
         "fps": fps,
         "steps": args.steps or pipe.config.num_inference_steps,
         "guidance": guidance,
-        "given_guidance": given_guidance,
         "guidance_rescale": pipe.config.guidance_rescale if args.guidance_rescale is None else args.guidance_rescale,
         "model": str(model),
         "device": args.device,
