@@ -79,6 +79,7 @@ class SpacetimePipelineOutput(BaseOutput):
     seed: the seed of the generator (drawn at random, and recorded here, when none was passed).
     notices: what was changed about the request (frames or size rounded, prompt truncated).
     num_frames, height, width: the size of the clip made (extension: input frames + new frames).
+    guidance: the guidance scale the clip was made with (`SpacetimePipeline.guidance_scales`).
     """
 
     frames: Any
@@ -88,6 +89,7 @@ class SpacetimePipelineOutput(BaseOutput):
     num_frames: int = 0
     height: int = 0
     width: int = 0
+    guidance: float | None = None
 
 
 @dataclass
@@ -579,7 +581,7 @@ class SpacetimePipeline(DiffusionPipeline):
                 frames = [[Image.fromarray(f) for f in frames[0]]]
         self.maybe_free_model_hooks()
         out = SpacetimePipelineOutput(frames=frames, fps=float(c.fps), seed=seed, notices=request.notices,
-                                      num_frames=total, height=h, width=w)
+                                      num_frames=total, height=h, width=w, guidance=guidance)
         return out if return_dict else (frames,)
 
     def guidance_scales(self, guidance_scale: float | None = None,
@@ -749,6 +751,15 @@ _SETTING_CHECKS = (
 )
 
 
+def setting_problem(key: str, value) -> str | None:
+    """None if `value` is a valid model_index.json sampling setting `key`; else what would work."""
+    checks = {name: (ok, want) for name, ok, want in _SETTING_CHECKS}
+    if key not in checks:
+        return f"not a sampling setting; use one of {', '.join(checks)}"
+    ok, want = checks[key]
+    return None if ok(value) else f"expected {want}"
+
+
 # ---- helpers ---------------------------------------------------------------------------------
 
 
@@ -816,9 +827,10 @@ def _read_index(root: Path) -> dict:
     if index.get("_class_name", "SpacetimePipeline") != "SpacetimePipeline":
         raise UserError(f"{path} describes a {index['_class_name']}, not a spacetime-video model "
                         "(_class_name SpacetimePipeline)")
-    for key, ok, want in _SETTING_CHECKS:
-        if key in index and not ok(index[key]):
-            raise UserError(f"{path}: {key}={json.dumps(index[key])}; expected {want}")
+    for key in _SETTINGS:
+        problem = setting_problem(key, index[key]) if key in index else None
+        if problem:
+            raise UserError(f"{path}: {key}={json.dumps(index[key])}; {problem}")
     fmt = index.get("format", MODEL_FORMAT)  # folders written before the field existed are format 1
     if not isinstance(fmt, int) or fmt > MODEL_FORMAT or fmt < 1:
         written = index.get("spacetime_version", "an unknown version")

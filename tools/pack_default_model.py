@@ -75,15 +75,12 @@ def _same_latent_space(ours: Path, theirs: Path) -> None:
 
 def _check_settings(settings: dict) -> None:
     """SystemExit for an unknown sampling setting or a value a loading pipeline would refuse."""
-    from pipelines.pipeline import _SETTING_CHECKS
+    from pipelines.pipeline import setting_problem
 
-    checks = {key: (ok, want) for key, ok, want in _SETTING_CHECKS}
     for key, value in settings.items():
-        if key not in checks:
-            raise SystemExit(f"--setting {key}: not a sampling setting; use one of {', '.join(checks)}")
-        ok, want = checks[key]
-        if not ok(value):
-            raise SystemExit(f"--setting {key}={json.dumps(value)}: expected {want}")
+        problem = setting_problem(key, value)
+        if problem:
+            raise SystemExit(f"--setting {key}={json.dumps(value)}: {problem}")
 
 
 def parse_setting(text: str) -> tuple[str, object]:

@@ -202,9 +202,6 @@ def run_sampling(args, task: str) -> int:
     elapsed = time.perf_counter() - started
     from pipelines import __version__
 
-    guidance, given_guidance = pipe.guidance_scales(args.guidance)
-    if task != "generate":  # a still or a video was given
-        guidance = given_guidance
     record = {
         "task": task,
         "prompt": args.prompt,
@@ -215,7 +212,7 @@ def run_sampling(args, task: str) -> int:
         "height": result.height,
         "fps": fps,
         "steps": args.steps or pipe.config.num_inference_steps,
-        "guidance": guidance,
+        "guidance": result.guidance,
         "guidance_rescale": pipe.config.guidance_rescale if args.guidance_rescale is None else args.guidance_rescale,
         "model": str(model),
         "device": args.device,
