@@ -97,6 +97,8 @@ class DiTConfig:
     shift: float = 1.0  # timestep shift applied to the training distribution
     uniform_share: float = 0.0  # share of timesteps drawn uniformly from (0, 1) instead (not shifted)
     motion_weight: float = 0.0  # > 0: more loss where the clip changes (video_dit.flow.motion_loss_weight)
+    channel_weight: float = 0.0  # > 0: weigh each latent channel by the VAE decoder's sensitivity to it, to
+    #                              this power (video_dit.flow.channel_loss_weight; 1: a linearised pixel loss)
     given_loss_weight: float = 0.0  # weight of the given frames' error (0: they are not in the loss)
     sample_prompts: list[str] = field(default_factory=lambda: ["a red square moves to the right"])
     sample_steps: int = 20  # Euler steps of the preview samples
@@ -179,6 +181,7 @@ class TrainConfig:
             (self.dit.timestep_sampling in ("logit_normal", "uniform"), "dit.timestep_sampling", "'logit_normal' or 'uniform'"),
             (0.0 <= self.dit.uniform_share <= 1.0, "dit.uniform_share", "a share between 0 and 1"),
             (self.dit.motion_weight >= 0, "dit.motion_weight", "a number >= 0 (0 turns it off)"),
+            (self.dit.channel_weight >= 0, "dit.channel_weight", "a power >= 0 (0 weighs channels alike)"),
             (self.dit.given_loss_weight >= 0, "dit.given_loss_weight", "a weight >= 0 (0 leaves given frames out)"),
             (all(p >= 0 for p in dataclasses.astuple(self.dit.given)) and sum(dataclasses.astuple(self.dit.given)) > 0,
              "dit.given", "non-negative probabilities that do not all vanish"),

@@ -92,6 +92,14 @@ class Task:
         data; returns a line for the log, or None."""
         return None
 
+    def prepare(self, dataset) -> str | None:
+        """Called before every run, new or resumed, with the training data, for what the task
+        derives from it the same way each time; returns a line for the log, or None."""
+        return None
+
+
+CHANNEL_PROBE_CLIPS = 8  # clips dit.channel_weight reads the decoder's sensitivity around
+
 
 class DiTTask(Task):
     """Rectified-flow training of a VideoDiT on VAE latents (from pixels on the fly, or a latent cache)."""
@@ -102,9 +110,10 @@ class DiTTask(Task):
         self.cfg = cfg
         self.device = world.device
         self.text = load_text_encoders(cfg.model.text_encoders, self.device)
-        # Latents from a cache need no VAE, except to decode preview samples.
+        # Latents from a cache need no VAE, except to decode preview samples and to weigh channels.
         self.vae = None
-        if not cfg.data.latent_cache or cfg.sample_every:
+        self.channel_weight = None  # (1, C, 1, 1, 1) with dit.channel_weight > 0, from `prepare`
+        if not cfg.data.latent_cache or cfg.sample_every or cfg.dit.channel_weight > 0:
             self.vae = load_component("vae", cfg.model.vae).to(self.device).eval().requires_grad_(False)
         if cfg.model.init:
             self.model = load_component("transformer", cfg.model.init)
@@ -125,6 +134,36 @@ class DiTTask(Task):
         if self.cfg.model.warm_start:  # on every rank, so that all start from the same weights
             return warm_start(self.model, self.cfg.model.warm_start)
         return None
+
+    def prepare(self, dataset) -> str | None:
+        """With dit.channel_weight > 0: the VAE decoder's sensitivity to each latent channel, read
+        around the latents of a few clips spread evenly over the data (the same clips each run, so
+        that a resumed run weighs as the run it continues)."""
+        power = self.cfg.dit.channel_weight
+        if power <= 0:
+            return None
+        from video_dit import flow
+
+        picks = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, CHANNEL_PROBE_CLIPS)})
+        generator = torch.Generator().manual_seed(0)
+        readings = []
+        for index in picks:
+            item = dataset[index]
+            if item is None:  # a clip the data set skips
+                continue
+            with torch.no_grad():
+                if "latents" in item:
+                    z = item["latents"][None].to(self.device)
+                else:
+                    z = self.vae.encode_latents(item["video"][None].to(self.device))
+            readings.append(self.vae.channel_sensitivity(z, generator=generator).cpu())
+        if not readings:
+            raise UserError("dit.channel_weight needs a readable clip to measure the decoder on; none of "
+                            f"{len(picks)} clips spread over the data could be read")
+        sensitivity = torch.stack(readings).mean(0)
+        self.channel_weight = flow.channel_loss_weight(sensitivity, power).to(self.device)
+        shown = ", ".join(f"{w:.2f}" for w in self.channel_weight.flatten().tolist())
+        return f"latent channel weights (decoder sensitivity ^ {power:g}, {len(readings)} clips): {shown}"
 
     @property
     def predicts_sample(self) -> bool:
@@ -158,6 +197,8 @@ class DiTTask(Task):
             states, masks = drop_encoders(states, masks, cfg.text_drop, generator)
         given = draw_given_mask(x0.shape[0], x0.shape[2], cfg.given, generator)
         weight = flow.motion_loss_weight(x0, cfg.motion_weight) if cfg.motion_weight > 0 else None
+        if self.channel_weight is not None:
+            weight = self.channel_weight if weight is None else weight * self.channel_weight
 
         out = flow.training_losses(model, x0, dict(text_states=states, text_masks=masks), given_mask=given,
                                    context_noise=cfg.context_noise, given_weight=cfg.given_loss_weight,
@@ -772,6 +813,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
     task = DiTTask(cfg, world) if cfg.model.kind == "dit" else VAETask(cfg, world)
     dataset, sampler, loader = make_data(cfg, world, task.spatial_multiple, task.temporal_factor)
     started = task.start(dataset) if checkpoint is None else None  # before the optimizer and EMA copy weights
+    prepared = task.prepare(dataset)
     module = task.model
     if cfg.gradient_checkpointing:
         module.enable_gradient_checkpointing()
@@ -812,8 +854,9 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                    f"{len(dataset)} clips, {len(sampler)} batches per epoch per rank, {world.world_size} process(es), "
                    f"{'DeepSpeed ZeRO-' + str(engine.stage) if ds_config else 'plain PyTorch'}"
                    + (f", resumed at step {step}" if step else ""))
-    if started:
-        logger.message(started)
+    for line in (started, prepared):
+        if line:
+            logger.message(line)
     if old_lr is not None:
         logger.message(f"learning rate {old_lr:g} -> {o.lr:g} (optim.lr), from step {step}")
     batches = forever(loader, dataset)

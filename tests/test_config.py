@@ -52,6 +52,8 @@ def test_values_are_checked_together(tmp_path):
         load_config(write(tmp_path, "data: {root: x}\noptim: {schedule: linear}\n"))
     with pytest.raises(UserError, match=r"dit\.motion_weight=-1\.0 is invalid; expected a number >= 0"):
         load_config(write(tmp_path, "data: {root: x}\ndit: {motion_weight: -1.0}\n"))
+    with pytest.raises(UserError, match=r"dit\.channel_weight=-1\.0 is invalid; expected a power >= 0"):
+        load_config(write(tmp_path, "data: {root: x}\ndit: {channel_weight: -1.0}\n"))
     with pytest.raises(UserError, match=r"dit\.given_loss_weight=-0\.5 is invalid; expected a weight >= 0"):
         load_config(write(tmp_path, "data: {root: x}\ndit: {given_loss_weight: -0.5}\n"))
     with pytest.raises(UserError, match="no data"):

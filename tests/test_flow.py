@@ -154,6 +154,37 @@ def test_loss_weight_is_a_weighted_mean():
             flow.training_losses(zero, x0, loss_weight=bad)
 
 
+def test_channel_weight_follows_the_decoder_sensitivity_at_mean_one():
+    sensitivity = torch.tensor([400.0, 25.0, 4.0, 1.0])
+    assert flow.channel_loss_weight(sensitivity, 0.0).flatten().tolist() == [1.0] * 4
+    half = flow.channel_loss_weight(sensitivity, 0.5)
+    assert half.shape == (1, 4, 1, 1, 1) and half.mean().item() == pytest.approx(1.0)
+    assert (half.flatten() / half.flatten()[-1]).tolist() == pytest.approx([20.0, 5.0, 2.0, 1.0])
+    whole = flow.channel_loss_weight(sensitivity, 1.0).flatten()
+    assert (whole / whole[-1]).tolist() == pytest.approx(sensitivity.tolist())
+    with pytest.raises(ValueError, match="power"):
+        flow.channel_loss_weight(sensitivity, -1.0)
+    with pytest.raises(ValueError, match="> 0"):
+        flow.channel_loss_weight(torch.tensor([1.0, 0.0]), 0.5)
+
+
+def test_channel_weight_moves_the_loss_between_channels():
+    """A model exact in channel 0 and off by 1 in channel 1: the plain loss is 0.5; with (almost)
+    all the weight on channel 0 it is (almost) 0, and with it on channel 1, 1."""
+    x0 = torch.randn(2, 2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+
+    def model(x, t, **kw):
+        v = (x - x0) / t[:, None, :, None, None]  # the exact velocity noise - x0
+        return v + torch.tensor([0.0, 1.0]).view(1, 2, 1, 1, 1)
+
+    def loss(weight):
+        return flow.training_losses(model, x0, loss_weight=weight, generator=torch.Generator().manual_seed(1))["loss"]
+
+    assert loss(None).item() == pytest.approx(0.5, rel=1e-4)
+    assert loss(flow.channel_loss_weight(torch.tensor([1.0, 1e-9]), 1.0)).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(flow.channel_loss_weight(torch.tensor([1e-9, 1.0]), 1.0)).item() == pytest.approx(1.0, rel=1e-4)
+
+
 def test_motion_weight_finds_the_moving_object():
     """A square moves over a still textured background: its elements weigh most; a pan and a
     single frame are weighted evenly over the frame."""

@@ -77,6 +77,24 @@ def test_loss_weights_reach_the_loss(tmp_path, cache, key):
     assert weighted[1] != pytest.approx(plain[1], rel=1e-4)
 
 
+def test_channel_weight_is_read_off_the_vae_and_kept_on_resume(tmp_path, cache, capsys):
+    """dit.channel_weight weighs the loss by the decoder's sensitivity per latent channel, measured
+    on the same clips in a new and in a resumed run: a resumed run goes on exactly."""
+    from vae3d import PRESETS, CausalVideoVAE
+
+    vae_dir = tmp_path / "vae"
+    CausalVideoVAE(**{**PRESETS["tiny"], "latent_channels": 4}).save_pretrained(vae_dir)
+    extra = dict(steps=2, save_every=1, model={"vae": str(vae_dir)})
+    plain = losses(training.train(load_config(tiny_config(tmp_path, cache, out="plain", **extra))))
+    weighted = dict(extra, dit={"channel_weight": 1.0})
+    straight = losses(training.train(load_config(tiny_config(tmp_path, cache, out="straight", **weighted))))
+    assert straight[1] != pytest.approx(plain[1], rel=1e-4)
+    assert "latent channel weights (decoder sensitivity ^ 1, 8 clips)" in capsys.readouterr().out
+    cfg = load_config(tiny_config(tmp_path, cache, out="resumed", **weighted))
+    training.train(cfg, stop_at=1)
+    assert losses(training.train(cfg, resume=tmp_path / "resumed")) == straight
+
+
 def test_resume_continues_exactly(tmp_path, cache):
     extra = dict(optim={"grad_accum": 2}, steps=6, save_every=3)
     straight = training.train(load_config(tiny_config(tmp_path, cache, out="straight", **extra)))

@@ -278,6 +278,22 @@ def test_latent_normalization_round_trip(vae, tmp_path):
         scaled.set_latent_stats(torch.zeros(4), torch.ones(4))
 
 
+def test_channel_sensitivity_reads_which_latent_channels_the_decoder_uses():
+    torch.manual_seed(0)
+    vae = CausalVideoVAE(**PRESETS["tiny"]).eval()
+    z = vae.encode_latents(clip_tensor(frames=5, height=16, width=16))
+    before = vae.channel_sensitivity(z, generator=torch.Generator().manual_seed(0))
+    assert before.shape == (16,) and bool((before > 0).all())
+    with torch.no_grad():
+        vae.post_quant_conv.weight[:, 3] = 0  # the decoder no longer reads channel 3 ...
+        vae.post_quant_conv.weight[:, 5] *= 4  # ... and reads channel 5 four times as strongly
+    after = vae.channel_sensitivity(z, generator=torch.Generator().manual_seed(0))
+    assert after[3] == 0
+    assert after[5] > 4 * before[5]
+    with pytest.raises(ValueError, match="scale"):
+        vae.channel_sensitivity(z, scale=0)
+
+
 @pytest.mark.parametrize("shortcut", [False, True])
 def test_save_load_round_trip(tmp_path, shortcut):
     torch.manual_seed(3)

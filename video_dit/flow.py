@@ -230,6 +230,22 @@ def motion_loss_weight(x0: torch.Tensor, strength: float) -> torch.Tensor:
     return 1.0 + strength * (change / mean_change).clamp(max=MOTION_WEIGHT_CAP)
 
 
+def channel_loss_weight(sensitivity: torch.Tensor, power: float) -> torch.Tensor:
+    """An element weight (1, C, 1, 1, 1) that weighs each latent channel's error by how much the
+    decoder's pixels move with it (`CausalVideoVAE.channel_sensitivity`), raised to `power` and
+    scaled to mean 1, so the loss keeps its scale. power 1 makes the latent loss a linearised
+    pixel loss; 0 weighs every channel alike (what per-channel normalisation alone gives);
+    between them, the channels that carry the picture count more without the rest being ignored.
+    """
+    if power < 0:
+        raise ValueError(f"channel weight power={power}; expected a number >= 0 (0 weighs channels alike)")
+    sensitivity = torch.as_tensor(sensitivity, dtype=torch.float32).flatten()
+    if sensitivity.numel() == 0 or not bool((sensitivity > 0).all()) or not bool(torch.isfinite(sensitivity).all()):
+        raise ValueError(f"channel sensitivities must be finite and > 0, got {sensitivity.tolist()}")
+    weight = sensitivity.pow(power)
+    return (weight / weight.mean()).view(1, -1, 1, 1, 1)
+
+
 # --------------------------------------------------------------------------------------------
 # Sampling
 # --------------------------------------------------------------------------------------------
