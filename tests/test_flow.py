@@ -164,8 +164,11 @@ def test_channel_weight_follows_the_decoder_sensitivity_at_mean_one():
     assert (whole / whole[-1]).tolist() == pytest.approx(sensitivity.tolist())
     with pytest.raises(ValueError, match="power"):
         flow.channel_loss_weight(sensitivity, -1.0)
-    with pytest.raises(ValueError, match="> 0"):
-        flow.channel_loss_weight(torch.tensor([1.0, 0.0]), 0.5)
+    unread = flow.channel_loss_weight(torch.tensor([3.0, 0.0, 1.0]), 0.5).flatten()
+    assert unread[1] == 0 and unread.mean().item() == pytest.approx(1.0)
+    for bad in ([0.0, 0.0], [1.0, -1.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="not all 0"):
+            flow.channel_loss_weight(torch.tensor(bad), 0.5)
 
 
 def test_channel_weight_moves_the_loss_between_channels():

@@ -236,12 +236,14 @@ def channel_loss_weight(sensitivity: torch.Tensor, power: float) -> torch.Tensor
     scaled to mean 1, so the loss keeps its scale. power 1 makes the latent loss a linearised
     pixel loss; 0 weighs every channel alike (what per-channel normalisation alone gives);
     between them, the channels that carry the picture count more without the rest being ignored.
+    A channel the decoder does not read at all (sensitivity 0) gets weight 0 for any power > 0.
     """
     if power < 0:
         raise ValueError(f"channel weight power={power}; expected a number >= 0 (0 weighs channels alike)")
     sensitivity = torch.as_tensor(sensitivity, dtype=torch.float32).flatten()
-    if sensitivity.numel() == 0 or not bool((sensitivity > 0).all()) or not bool(torch.isfinite(sensitivity).all()):
-        raise ValueError(f"channel sensitivities must be finite and > 0, got {sensitivity.tolist()}")
+    if (sensitivity.numel() == 0 or not bool(torch.isfinite(sensitivity).all()) or bool((sensitivity < 0).any())
+            or not bool((sensitivity > 0).any())):
+        raise ValueError(f"channel sensitivities must be finite and >= 0, and not all 0; got {sensitivity.tolist()}")
     weight = sensitivity.pow(power)
     return (weight / weight.mean()).view(1, -1, 1, 1, 1)
 
