@@ -151,11 +151,7 @@ class DiTTask(Task):
             item = dataset[index]
             if item is None:  # a clip the data set skips
                 continue
-            with torch.no_grad():
-                if "latents" in item:
-                    z = item["latents"][None].to(self.device)
-                else:
-                    z = self.vae.encode_latents(item["video"][None].to(self.device))
+            z = self.clean_latents({k: item[k][None] for k in ("latents", "video") if k in item})
             readings.append(self.vae.channel_sensitivity(z, generator=generator).cpu())
         if not readings:
             raise UserError("dit.channel_weight needs a readable clip to measure the decoder on; none of "
@@ -164,6 +160,13 @@ class DiTTask(Task):
         self.channel_weight = flow.channel_loss_weight(sensitivity, power).to(self.device)
         shown = ", ".join(f"{w:.2f}" for w in self.channel_weight.flatten().tolist())
         return f"latent channel weights (decoder sensitivity ^ {power:g}, {len(readings)} clips): {shown}"
+
+    def clean_latents(self, batch: dict) -> torch.Tensor:
+        """A batch's normalized latents: from the latent cache, or encoded from its pixels by the VAE."""
+        if "latents" in batch:
+            return batch["latents"].to(self.device)
+        with torch.no_grad():
+            return self.vae.encode_latents(batch["video"].to(self.device))
 
     @property
     def predicts_sample(self) -> bool:
@@ -182,13 +185,11 @@ class DiTTask(Task):
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> torch.Tensor:
         cfg = self.cfg.dit
-        if "latents" in batch:  # from the latent cache
-            x0 = batch["latents"].to(self.device)
+        x0 = self.clean_latents(batch)
+        if "latents" in batch:  # from the latent cache, with the prompt's embeddings
             states = [s.to(self.device) for s in batch["text_states"]]
             masks = [m.to(self.device) for m in batch["text_masks"]]
         else:
-            with torch.no_grad():
-                x0 = self.vae.encode_latents(batch["video"].to(self.device))
             states, masks = self.encode_text(batch["caption"])
         from video_dit import flow
         from video_dit.text import drop_encoders
