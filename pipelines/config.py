@@ -100,6 +100,8 @@ class DiTConfig:
     channel_weight: float = 0.0  # > 0: weigh each latent channel by the VAE decoder's sensitivity to it, to
     #                              this power (video_dit.flow.channel_loss_weight; 1: a linearised pixel loss)
     given_loss_weight: float = 0.0  # weight of the given frames' error (0: they are not in the loss)
+    reference_only: float = 0.0  # share of samples whose given frames reach a given_reference model only
+    #                              through its reference path (video_dit.flow.training_losses)
     sample_prompts: list[str] = field(default_factory=lambda: ["a red square moves to the right"])
     sample_steps: int = 20  # Euler steps of the preview samples
     sample_guidance: float = 4.0
@@ -183,6 +185,10 @@ class TrainConfig:
             (self.dit.motion_weight >= 0, "dit.motion_weight", "a number >= 0 (0 turns it off)"),
             (self.dit.channel_weight >= 0, "dit.channel_weight", "a power >= 0 (0 weighs channels alike)"),
             (self.dit.given_loss_weight >= 0, "dit.given_loss_weight", "a weight >= 0 (0 leaves given frames out)"),
+            (0 <= self.dit.reference_only <= 1, "dit.reference_only", "a share in [0, 1]"),
+            (self.dit.reference_only == 0 or self.model.kind != "dit" or self.model.init
+             or self.model.args.get("given_reference"),
+             "dit.reference_only", "0 unless the DiT is built with model.args.given_reference: true"),
             (all(p >= 0 for p in dataclasses.astuple(self.dit.given)) and sum(dataclasses.astuple(self.dit.given)) > 0,
              "dit.given", "non-negative probabilities that do not all vanish"),
             (self.data.crop in ("center", "random"), "data.crop", "'center' or 'random'"),

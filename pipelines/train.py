@@ -126,6 +126,9 @@ class DiTTask(Task):
                 channels = read_index(cfg.data.latent_cache)["entries"][0]["latent_shape"][0]
             self.model = VideoDiT(in_channels=channels, text_dims=self.text_dims,
                                   **{**PRESETS[_preset(cfg.model.preset, PRESETS)], **cfg.model.args})
+        if cfg.dit.reference_only > 0 and not self.model.config.get("given_reference"):
+            raise UserError(f"dit.reference_only={cfg.dit.reference_only} needs a DiT with a given-frame reference "
+                            f"path; {cfg.model.init} was built without one (set it to 0)")
         self.model.to(self.device)
         self.spatial_multiple = self.model.patch[1] * (self.vae.spatial_factor if self.vae is not None else 1)
         self.temporal_factor = self.vae.temporal_factor if self.vae is not None else 4
@@ -205,7 +208,8 @@ class DiTTask(Task):
                                    context_noise=cfg.context_noise, given_weight=cfg.given_loss_weight,
                                    timestep_sampling=cfg.timestep_sampling,
                                    shift=cfg.shift, uniform_share=cfg.uniform_share,
-                                   sample_space=self.predicts_sample, loss_weight=weight, generator=generator)
+                                   sample_space=self.predicts_sample, loss_weight=weight,
+                                   reference_only=cfg.reference_only, generator=generator)
         return out["loss"]
 
     @torch.no_grad()

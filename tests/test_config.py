@@ -56,6 +56,13 @@ def test_values_are_checked_together(tmp_path):
         load_config(write(tmp_path, "data: {root: x}\ndit: {channel_weight: -1.0}\n"))
     with pytest.raises(UserError, match=r"dit\.given_loss_weight=-0\.5 is invalid; expected a weight >= 0"):
         load_config(write(tmp_path, "data: {root: x}\ndit: {given_loss_weight: -0.5}\n"))
+    with pytest.raises(UserError, match=r"dit\.reference_only=0\.5 is invalid; expected 0 unless .*given_reference"):
+        load_config(write(tmp_path, "data: {root: x}\ndit: {reference_only: 0.5}\n"))
+    with pytest.raises(UserError, match=r"dit\.reference_only=2\.0 is invalid; expected a share in \[0, 1\]"):
+        load_config(write(tmp_path, "data: {root: x}\nmodel: {args: {given_reference: true}}\n"
+                                    "dit: {reference_only: 2.0}\n"))
+    assert load_config(write(tmp_path, "data: {root: x}\nmodel: {args: {given_reference: true}}\n"
+                                       "dit: {reference_only: 0.5}\n")).dit.reference_only == 0.5
     with pytest.raises(UserError, match="no data"):
         load_config(write(tmp_path, "steps: 3\n"))
     with pytest.raises(UserError, match="not found"):

@@ -448,3 +448,48 @@ def test_bad_arguments():
         flow.sample(Oracle(x), x, given=x, given_mask=torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"expected \(1, 2\)"):
         flow.training_losses(Oracle(x), x, given_mask=torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_reference_only_hides_given_frames_from_the_main_input_but_not_from_the_reference():
+    """reference_only: in the chosen samples the model's main input shows the given frames as noise
+    at timestep 1, the reference it is handed holds them as given, and frames being made see the
+    same noise as without it; at share 0 the draws, inputs and loss are those of a run without it."""
+    from video_dit import PRESETS, VideoDiT
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = VideoDiT(in_channels=2, text_dims=(), given_reference=True, prediction="sample",
+                                   **PRESETS["tiny"])
+            with torch.no_grad():  # trained-looking weights (a new model's last layer outputs zeros)
+                for p in self.module.parameters():
+                    p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+            self.calls = []
+
+        def forward(self, x, t, given_mask=None, reference=None, **cond):
+            self.calls.append((x.clone(), t.clone(), reference))
+            return self.module(x, t, given_mask=given_mask, reference=reference, **cond)
+
+    x0 = torch.randn(4, 2, 3, 4, 4)
+    mask = torch.tensor([[True, False, False], [True, True, False], [False] * 3, [True, False, False]])
+    spy = Spy()
+    runs = {}
+    for share in (0.0, 1.0):
+        out = flow.training_losses(spy, x0, given_mask=mask, context_noise=0.05, reference_only=share,
+                                   generator=torch.Generator().manual_seed(7))
+        runs[share] = (out["loss"], *spy.calls[-1])
+    loss0, x_plain, t_plain, ref_plain = runs[0.0]
+    loss1, x_hidden, t_hidden, reference = runs[1.0]
+    assert ref_plain is None and torch.equal(reference, x_plain)  # the reference reads the given frames as given
+    assert torch.equal(t_hidden[mask], torch.ones(int(mask.sum())))  # hidden: fed at timestep 1...
+    assert not torch.allclose(x_hidden[:, :, 0][mask[:, 0]], x_plain[:, :, 0][mask[:, 0]], atol=0.5)  # ...as noise
+    assert torch.equal(x_hidden.transpose(1, 2)[~mask], x_plain.transpose(1, 2)[~mask])  # frames to make: as before
+    assert torch.equal(t_hidden[~mask], t_plain[~mask])
+    assert not torch.equal(loss0, loss1)  # the model's view of the given frames changed what it made
+    again = flow.training_losses(spy, x0, given_mask=mask, context_noise=0.05,
+                                 generator=torch.Generator().manual_seed(7))
+    assert torch.equal(again["loss"], loss0)
+    with pytest.raises(ValueError, match="reference_only=1.5"):
+        flow.training_losses(spy, x0, given_mask=mask, reference_only=1.5)
+    with pytest.raises(ValueError, match="given_reference=True"):
+        flow.training_losses(lambda x, t, **c: torch.zeros_like(x), x0, given_mask=mask, reference_only=0.5)

@@ -77,6 +77,25 @@ def test_loss_weights_reach_the_loss(tmp_path, cache, key):
     assert weighted[1] != pytest.approx(plain[1], rel=1e-4)
 
 
+def test_reference_only_trains_a_model_with_the_reference_and_is_refused_for_one_without(tmp_path, cache):
+    """dit.reference_only changes what a given_reference model is shown (its losses move once the
+    model has taken a step); a model.init folder built without the path is refused up front."""
+    from video_dit import PRESETS, VideoDiT
+
+    dit = {"given": {"none": 0.0, "first": 1.0, "prefix": 0.0, "first_last": 0.0}}
+    extra = dict(steps=3, save_every=3, model={"args": {"given_reference": True}})
+    plain = losses(training.train(load_config(tiny_config(tmp_path, cache, out="plain", dit=dit, **extra))))
+    hidden = losses(training.train(load_config(tiny_config(tmp_path, cache, out="hidden", **extra,
+                                                           dit={**dit, "reference_only": 1.0}))))
+    assert hidden[3] != pytest.approx(plain[3], rel=1e-4)
+    folder = tmp_path / "plain_model"
+    VideoDiT(in_channels=4, text_dims=(), **PRESETS["tiny"]).save_pretrained(folder)
+    cfg = load_config(tiny_config(tmp_path, cache, out="init", model={"init": str(folder)},
+                                  dit={"reference_only": 0.5}))
+    with pytest.raises(UserError, match="dit.reference_only=0.5 needs a DiT with a given-frame reference path"):
+        training.train(cfg)
+
+
 def test_channel_weight_is_read_off_the_vae_and_kept_on_resume(tmp_path, cache, capsys):
     """dit.channel_weight weighs the loss by the decoder's sensitivity per latent channel, measured
     on the same clips in a new and in a resumed run: a resumed run goes on exactly."""

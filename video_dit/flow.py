@@ -150,6 +150,7 @@ def training_losses(
     uniform_share: float = 0.0,
     sample_space: bool = False,
     loss_weight: torch.Tensor | None = None,
+    reference_only: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> dict:
     """Rectified-flow loss on a batch of clean latents x0 (B, C, T, H, W).
@@ -161,13 +162,23 @@ def training_losses(
     velocity itself (which weighs a frame at noise level t by 1 / t^2 against that): for models
     that predict the clean sample, so that low noise levels do not swamp the rest. loss_weight: an element weight that broadcasts to
     x0 (such as `motion_loss_weight`); the loss is then the weighted mean, so the weight moves
-    emphasis between elements without changing the loss's scale. Returns dict(loss=scalar,
+    emphasis between elements without changing the loss's scale. reference_only: for a model with
+    a given-frame reference path (VideoDiT `given_reference`), the share of samples with given
+    frames in which those frames reach the model only through that path: its main input shows
+    them as fresh noise at timestep 1 (as if they were to be made) while the reference reads them
+    as given. A model that already copies given frames through attention leaves a new reference
+    path unused; hiding them there makes the path carry them. Returns dict(loss=scalar,
     loss_per_sample=(B,), timesteps=(B,)).
     """
     b, _, frames = x0.shape[:3]
     cond = cond or {}
     if given_weight < 0:
         raise ValueError(f"given_weight={given_weight}; expected a weight >= 0 (0 leaves given frames out)")
+    if not 0 <= reference_only <= 1:
+        raise ValueError(f"reference_only={reference_only}; expected a share in [0, 1]")
+    if reference_only > 0 and not takes_given_mask(model):
+        raise ValueError("reference_only > 0 needs a model with a given-frame reference path "
+                         "(VideoDiT given_reference=True)")
     t = sample_timesteps(b, mode=timestep_sampling, mean=mean, std=std, shift=shift, uniform_share=uniform_share,
                          generator=generator)
     t = t.to(device=x0.device)
@@ -182,8 +193,19 @@ def training_losses(
         weight = torch.where(given_mask, torch.full_like(weight, given_weight), weight)
     tt = _broadcast(t_frames).to(x0.dtype)
     x_t = (1 - tt) * x0 + tt * noise
+    given_kwargs = _given_kwargs(model, given_mask)
+    if reference_only > 0 and given_mask is not None:
+        # Drawn after everything else, so a run with reference_only 0 draws exactly what it did.
+        chosen = torch.rand(b, generator=generator).to(x0.device) < reference_only
+        hide = given_mask & chosen[:, None]  # (B, T)
+        if hide.any():
+            fresh = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0)
+            given_kwargs["reference"] = x_t
+            noise = torch.where(_broadcast(hide), fresh, noise)
+            x_t = torch.where(_broadcast(hide), fresh, x_t)  # timestep 1: the noise itself
+            t_frames = torch.where(hide, torch.ones_like(t_frames), t_frames)
     target = noise - x0
-    v = model(x_t, t_frames, **cond, **_given_kwargs(model, given_mask))
+    v = model(x_t, t_frames, **cond, **given_kwargs)
     element_weight = _broadcast(weight).expand_as(x0).float()  # (B, C, T, H, W): given_weight on given frames
     if loss_weight is not None:
         try:

@@ -694,6 +694,7 @@ class VideoDiT(ModelMixin, ConfigMixin):
         text_states: list[torch.Tensor] | None = None,
         text_masks: list[torch.Tensor | None] | None = None,
         given_mask: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The velocity (predicted directly or from a predicted clean sample, by `prediction`).
 
@@ -701,14 +702,20 @@ class VideoDiT(ModelMixin, ConfigMixin):
         noise), one per latent frame when 2D; text_states: one (B, L_i, D_i) tensor per text
         encoder; text_masks: matching (B, L_i) bool masks (True = real token) or None;
         given_mask: (B, T) bool, the latent frames that are given (conditioning), for a model
-        built with `given_reference` (others ignore it). Returns (B, C, T, H, W).
+        built with `given_reference` (others ignore it). reference: (B, C, T, H, W) latents the
+        reference path reads its given frames from, where they differ from x (training hides the
+        given frames from x to teach that path; see `flow.training_losses`); default x.
+        Returns (B, C, T, H, W).
         """
         grid, timestep, frame_timestep, text_states, text_masks = self._check_inputs(x, timestep, text_states, text_masks)
         frames = grid[0]
         dtype = self.patch_embedding.weight.dtype
         tokens = self.patch_embedding(patchify(x, self.patch).to(dtype))  # (B, N, D)
         if self.reference_embedding is not None:
-            tokens = tokens + self.reference_embedding(patchify(given_reference(x, given_mask), self.patch).to(dtype))
+            if reference is not None and reference.shape != x.shape:
+                raise ValueError(f"reference has shape {tuple(reference.shape)}; expected x's {tuple(x.shape)}")
+            seen = x if reference is None else reference
+            tokens = tokens + self.reference_embedding(patchify(given_reference(seen, given_mask), self.patch).to(dtype))
         rope = rope_frequencies(self.head_dim, grid, self.config.rope_theta, device=x.device)  # (N, d/2)
         temb = self.time_embedder(timestep)  # (B, T', D)
         if self.pooled_text_embedder is not None:
