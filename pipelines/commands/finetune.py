@@ -39,9 +39,10 @@ def finetune_overrides(args, base: Path, index: dict) -> list[str]:
     """The training config of a fine-tune, as overrides of the TrainConfig defaults (from the flags and the
     base model's model_index.json; written to OUT/training/finetune.yaml)."""
     from pipelines.config import override
+    from video_dit.text import is_installed_name
 
     frames, height, width = index.get("native_frames", 17), index.get("height", 64), index.get("width", 64)
-    encoders = ["default" if n == "minilm" else str(base / n) for n in index.get("text_encoders", [])]
+    encoders = [n if is_installed_name(n) else str(base / n) for n in index.get("text_encoders", [])]
     lr = args.lr if args.lr is not None else (1e-3 if args.lora_rank else 1e-4)
     items = {
         "model.kind": "dit", "model.init": str(base), "model.vae": str(base), "model.text_encoders": encoders,
