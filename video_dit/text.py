@@ -381,3 +381,63 @@ class TextEncoders(nn.Module):
         states = [torch.zeros(batch, 1, d, device=device, dtype=dtype) for d in self.dims]
         masks = [torch.ones(batch, 1, dtype=torch.bool, device=device) for _ in self.dims]
         return states, masks
+
+
+# ---- moving a trained model to another encoder ------------------------------------------------
+
+
+@torch.no_grad()
+def fit_translation(source: TextEncoder, target: TextEncoder, prompts: list[str], ridge: float = 1e-2,
+                    batch_size: int = 64) -> tuple[torch.Tensor, float]:
+    """A linear map from `target`'s token states to `source`'s, fitted by ridge regression on the
+    tokens of `prompts`: (D_target, D_source) and the share of the source states' variance it
+    explains. Both tokenizers must cut every prompt into the same number of tokens (WordPiece
+    vocabularies of one lineage do), so that token i of one is token i of the other. No bias: the
+    null prompt (an all-zero token) stays zero."""
+    xs, ys = [], []
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts[start:start + batch_size])
+        s, s_mask = source.encode(batch)
+        t, t_mask = target.encode(batch)
+        if s_mask.shape != t_mask.shape or not torch.equal(s_mask.cpu(), t_mask.cpu()):
+            lengths = s_mask.sum(1).tolist(), t_mask.sum(1).tolist()
+            bad = next(p for p, a, b in zip(batch, *lengths) if a != b)
+            raise ValueError(f"the two encoders cut {bad!r} into different numbers of tokens; a token-level "
+                             f"map needs tokenizers that agree")
+        xs.append(t[t_mask].double().cpu())
+        ys.append(s[s_mask].double().cpu())
+    x, y = torch.cat(xs), torch.cat(ys)
+    gram = x.T @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+    a = torch.linalg.solve(gram, x.T @ y)  # (D_target, D_source)
+    explained = 1.0 - float((x @ a - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
+    return a.float(), explained
+
+
+@torch.no_grad()
+def fold_translation(model, index: int, translation: torch.Tensor):
+    """A copy of VideoDiT `model` whose text encoder `index` is replaced by one whose token states
+    `translation` (D_new, D_old) maps to the old encoder's: every layer that reads that encoder's
+    states (its token projection and its share of the pooled path's first layer) absorbs the map,
+    so the new model reads the new encoder as the old one read the old, up to the map's error."""
+    from video_dit.model import VideoDiT
+
+    dims = list(model.config.text_dims)
+    if not 0 <= index < len(dims):
+        raise ValueError(f"encoder index {index}: the model reads {len(dims)} text encoder(s)")
+    new_dim, old_dim = translation.shape
+    if old_dim != dims[index]:
+        raise ValueError(f"the map takes states to {old_dim} dimensions; encoder {index} of the model has {dims[index]}")
+    dims[index] = new_dim
+    swapped = VideoDiT(**{**dict(model.config), "text_dims": tuple(dims)})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    a = translation.to(torch.float64)
+    key = f"text_embedders.{index}.linear_1.weight"
+    state[key] = (state[key].double() @ a.T).to(state[key].dtype)
+    if swapped.pooled_text_embedder is not None:
+        key = "pooled_text_embedder.linear_1.weight"
+        start = sum(model.config.text_dims[:index])
+        w = state[key]
+        block = (w[:, start:start + old_dim].double() @ a.T).to(w.dtype)
+        state[key] = torch.cat([w[:, :start], block, w[:, start + old_dim:]], dim=1)
+    swapped.load_state_dict(state)
+    return swapped.to(next(model.parameters()).dtype)
