@@ -666,7 +666,7 @@ class SpacetimePipeline(DiffusionPipeline):
 
         from vae3d import CausalVideoVAE
         from video_dit import VideoDiT
-        from video_dit.text import TextEncoder, TextEncoders
+        from video_dit.text import TextEncoders
 
         vae = _load_model(CausalVideoVAE, root / "vae")
         transformer = _load_model(VideoDiT, root / "transformer")
@@ -675,11 +675,8 @@ class SpacetimePipeline(DiffusionPipeline):
         encoders = []
         for name, length in zip(names, lengths):
             installed = is_installed_name(name)
-            where = f"the installed text encoder {name!r}" if installed else str(root / name)
-            try:
-                encoders.append(TextEncoder(name if installed else root / name, max_length=length))
-            except Exception as err:  # ValueError from video_dit, OSError and others from transformers
-                raise UserError(f"{where}: cannot load the text encoder ({_first_line(err)})") from err
+            encoders.append(load_text_encoder(name if installed else root / name, max_length=length,
+                                              label=f"the installed text encoder {name!r}" if installed else None))
         settings = {k: index[k] for k in _SETTINGS if k in index}
         pipe = cls(vae=vae, transformer=transformer, text_encoder=TextEncoders(encoders) if encoders else None,
                    **settings)
@@ -704,17 +701,12 @@ class SpacetimePipeline(DiffusionPipeline):
         """
         from vae3d import CausalVideoVAE
         from video_dit import VideoDiT
-        from video_dit.text import TextEncoder, TextEncoders
+        from video_dit.text import TextEncoders
 
         def part(spec, model_cls, name):
             return spec if isinstance(spec, torch.nn.Module) else load_part(name, spec, presets=False)[0]
 
-        encoders = []
-        for spec in text_encoders:
-            try:
-                encoders.append(TextEncoder(spec))
-            except Exception as err:
-                raise UserError(f"{spec}: cannot load the text encoder ({_first_line(err)})") from err
+        encoders = [load_text_encoder(spec) for spec in text_encoders]
         pipe = cls(vae=part(vae, CausalVideoVAE, "vae"), transformer=part(transformer, VideoDiT, "transformer"),
                    text_encoder=TextEncoders(encoders) if encoders else None, **settings)
         return pipe.eval()
@@ -804,6 +796,18 @@ def _frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     from pipelines.video_io import frames_to_tensor
 
     return frames_to_tensor(frames)
+
+
+def load_text_encoder(spec, max_length: int | None = None, label: str | None = None):
+    """`video_dit.text.TextEncoder(spec)` (an installed name or a folder); any failure to load it
+    (ValueError from video_dit, OSError and others from transformers) is a one-line UserError that
+    starts with `label` (default: the spec)."""
+    from video_dit.text import TextEncoder
+
+    try:
+        return TextEncoder(spec, max_length=max_length)
+    except Exception as err:
+        raise UserError(f"{label or spec}: cannot load the text encoder ({_first_line(err)})") from err
 
 
 def _first_line(err: BaseException) -> str:

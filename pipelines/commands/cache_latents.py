@@ -183,7 +183,8 @@ def load_vae(spec: str | None, model: str | None):
 def load_text(names: list[str] | None, model: str | None):
     """Text encoders by name ('minilm': the installed one, or folders), else those of `model` or of
     the installed model, else the installed MiniLM. Returns (TextEncoders or None, names)."""
-    from video_dit.text import TextEncoder, TextEncoders, is_installed_name
+    from pipelines.pipeline import load_text_encoder
+    from video_dit.text import TextEncoders, is_installed_name
 
     root = None
     if names is None:
@@ -202,16 +203,13 @@ def load_text(names: list[str] | None, model: str | None):
     encoders = []
     for name in names:
         if is_installed_name(name):
-            try:
-                encoders.append(TextEncoder(name))
-            except ValueError as err:
-                raise UserError(f"text encoder {name}: {err}") from None
+            encoders.append(load_text_encoder(name, label=f"text encoder {name}"))
             continue
         folder = root / name if root is not None else Path(name)
         if not folder.is_dir():
             raise UserError(f"text encoder {name}: no such folder; use 'minilm' or 'mpnet' (installed) or a "
                             f"Hugging Face folder")
-        encoders.append(TextEncoder(str(folder)))
+        encoders.append(load_text_encoder(folder, label=f"text encoder {name}"))
     if not encoders:
         return None, []
     return TextEncoders(encoders), [str(n) for n in names]
