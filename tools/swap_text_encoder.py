@@ -35,8 +35,8 @@ def swap(model: Path, encoder: str, captions: Path, out: Path, index: int = 0, l
     """Write the swapped model folder to `out`; returns the share of the old states' variance the map
     explains on held-out captions."""
     from pipelines.pipeline import _SETTINGS as SETTINGS
-    from pipelines.pipeline import SpacetimePipeline
-    from video_dit.text import TextEncoder, TextEncoders, fit_translation, fold_translation
+    from pipelines.pipeline import SpacetimePipeline, load_text_encoder
+    from video_dit.text import TextEncoders, fit_translation, fold_translation
 
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
@@ -48,10 +48,7 @@ def swap(model: Path, encoder: str, captions: Path, out: Path, index: int = 0, l
     old = list(pipe.text_encoder.encoders) if pipe.text_encoder is not None else []
     if not 0 <= index < len(old):
         raise UserError(f"--index {index}: {model} reads {len(old)} text encoder(s)")
-    try:
-        new = TextEncoder(encoder)
-    except (ValueError, OSError) as err:
-        raise UserError(f"--encoder {encoder}: {' '.join(str(err).split())}") from None
+    new = load_text_encoder(encoder, label=f"--encoder {encoder}")
     texts = sorted({c for caps in read_captions(captions, check_exists=False).values() for c in caps})
     if not texts:
         raise UserError(f"{captions} holds no captions")
