@@ -245,13 +245,17 @@ def _limited(items: list, limit: int | None) -> list:
 def evaluate(generate_fn: Callable | None = None, animate_fn: Callable | None = None,
              reconstruct_fn: Callable | None = None, long_fn: Callable | None = None, *, frames: int = 17,
              height: int = 64, width: int = 64, long_factor: int = 10, limit: int | None = None,
-             progress: Callable[[str], None] | None = None) -> EvalReport:
+             seeds: int = 1, progress: Callable[[str], None] | None = None) -> EvalReport:
     """Run the held-out evaluation. `limit` caps the items of every bar (a quick look, not the bar);
+    `seeds` samples each adherence prompt that many times (seeds i, i + P, i + 2P, ... for prompt i of
+    P; the first is the bar's own), so that two models are compared on more than one clip a prompt;
     `progress` is called with a short line before each group."""
     if frames < 2 or (frames - 1) % 4:
         raise ValueError(f"frames must be 1 + 4k (5, 9, 17, ...), got {frames}")
     if long_factor < 2:
         raise ValueError(f"long_factor must be at least 2, got {long_factor}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds}")
     aspect = width / height
     say = progress or (lambda line: None)
     results: dict[str, BarResult] = {}
@@ -278,13 +282,16 @@ def evaluate(generate_fn: Callable | None = None, animate_fn: Callable | None = 
     if generate_fn is not None:
         say("prompt adherence")
         passed = []
-        for i, prompt in enumerate(_limited(list(ADHERENCE_PROMPTS), limit)):
-            out = _checked(generate_fn(prompt, frames=frames, height=height, width=width, seed=i),
-                           (frames, height, width, 3), "generate_fn")
-            judgement = judge_prompt_adherence(out, prompt)
-            passed.append(judgement.passed)
-            items.setdefault("adherence", []).append({"prompt": prompt, "passed": judgement.passed,
-                                                      **judgement.details})
+        prompts = _limited(list(ADHERENCE_PROMPTS), limit)
+        for repeat in range(seeds):
+            for i, prompt in enumerate(prompts):
+                seed = i + repeat * len(prompts)
+                out = _checked(generate_fn(prompt, frames=frames, height=height, width=width, seed=seed),
+                               (frames, height, width, 3), "generate_fn")
+                judgement = judge_prompt_adherence(out, prompt)
+                passed.append(judgement.passed)
+                items.setdefault("adherence", []).append({"prompt": prompt, "seed": seed, "passed": judgement.passed,
+                                                          **judgement.details})
         results["prompt adherence"] = _result("prompt adherence", float(np.mean(passed)), len(passed))
 
     if animate_fn is not None:
@@ -324,5 +331,6 @@ def evaluate(generate_fn: Callable | None = None, animate_fn: Callable | None = 
     bars = [results.get(name) or _result(name, None, 0) for name in BARS]
     bars[-1].name = f"long video colour drift ({long_factor}x)"
     settings = {"frames": frames, "height": height, "width": width, "long_factor": long_factor, "limit": limit,
+                "seeds": seeds,
                 "heldout_seed": HELDOUT_SEED}
     return EvalReport(bars, items, settings)

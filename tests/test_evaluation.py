@@ -35,6 +35,25 @@ def test_ground_truth_passes_every_bar():
     assert "pass" in report.table() and "FAIL" not in report.table()
 
 
+def test_more_seeds_sample_each_adherence_prompt_again_with_new_seeds():
+    calls = []
+
+    def generate_fn(prompt, *, frames, height, width, seed):
+        calls.append((prompt, seed))
+        return reference_callables(frames, height, width)["generate_fn"](prompt, frames=frames, height=height,
+                                                                         width=width, seed=seed)
+
+    report = evaluate(generate_fn, limit=3, seeds=2)
+    adherence = report.bars[list(BARS).index("prompt adherence")]
+    assert adherence.count == 6 and adherence.passed
+    assert [seed for _, seed in calls] == [0, 1, 2, 3, 4, 5]  # the bar's own seeds 0-2 first, then new ones
+    assert [p for p, _ in calls[:3]] == [p for p, _ in calls[3:]] == list(ADHERENCE_PROMPTS[:3])
+    assert [item["seed"] for item in report.items["adherence"]] == [0, 1, 2, 3, 4, 5]
+    assert report.settings["seeds"] == 2
+    with pytest.raises(ValueError, match="seeds must be at least 1, got 0"):
+        evaluate(generate_fn, seeds=0)
+
+
 def test_the_colour_check_tells_a_vae_that_keeps_hue_from_one_that_greys_it():
     def grey(clip):
         return np.broadcast_to(clip.mean(axis=-1, keepdims=True), clip.shape).round().astype(np.uint8)
@@ -129,4 +148,7 @@ def test_eval_command_measures_the_installed_vae_alone(capsys):
         command.run(args)
     command, args = _parse(["--model", "nowhere", "--guidance-rescale", "1.5"])  # refused before any loading
     with pytest.raises(UserError, match=r"--guidance-rescale 1.5; use a strength from 0 \(off\) to 1"):
+        command.run(args)
+    command, args = _parse(["--model", "nowhere", "--seeds", "0"])  # refused before any loading
+    with pytest.raises(UserError, match="--seeds must be at least 1, got 0"):
         command.run(args)

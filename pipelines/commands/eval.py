@@ -23,6 +23,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print everything measured as JSON")
     parser.add_argument("--limit", type=int, default=None,
                         help="at most N items per bar: a quick look, not the bar (default: all)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="sample each adherence prompt with N seeds (the first is the bar's own): a steadier "
+                             "comparison of two models (default 1)")
     parser.add_argument("--frames", type=int, default=None, help="native clip length (default: the model's)")
     parser.add_argument("--height", type=int, default=None, help="frame height (default: the model's)")
     parser.add_argument("--width", type=int, default=None, help="frame width (default: the model's)")
@@ -67,6 +70,8 @@ def run(args) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     check_guidance_rescale(args.guidance_rescale)
     if sum(map(bool, (args.model, args.vae, args.reference))) > 1:
         raise UserError("give one of --model, --vae and --reference")
@@ -100,7 +105,7 @@ def run(args) -> int:
     if args.long_factor < 2:
         raise UserError(f"--long-factor must be at least 2, got {args.long_factor}")
     report = evaluate(**callables, frames=frames, height=height, width=width, long_factor=args.long_factor,
-                      limit=args.limit, progress=progress)
+                      limit=args.limit, seeds=args.seeds, progress=progress)
     report.settings["model"] = str(folder)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
