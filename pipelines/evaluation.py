@@ -101,6 +101,9 @@ BARS: dict[str, Bar] = {b.name: b for b in (
 )}
 
 
+ADHERENCE_CHECKS = {"colour": "colour", "shape": "shape", "motion": "motion", "change": "size change"}  # judge_object
+
+
 @dataclass
 class BarResult:
     name: str
@@ -147,9 +150,43 @@ class EvalReport:
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(line.rstrip() for line in lines)
 
+    def adherence_checks(self) -> dict | None:
+        """What the adherence judge found wrong, summed over its clips: for each check (colour,
+        shape, motion, size change), how many of the prompts' objects passed it, and how many clips
+        failed on that check alone (the clips one fix would turn). None when adherence was not run."""
+        clips = self.items.get("adherence")
+        if not clips:
+            return None
+        passed = dict.fromkeys(ADHERENCE_CHECKS, 0)
+        alone = dict.fromkeys(ADHERENCE_CHECKS, 0)
+        objects = 0
+        for clip in clips:
+            failed = set()
+            for obj in clip.get("objects", []):
+                objects += 1
+                for check in ADHERENCE_CHECKS:
+                    ok = bool(obj["checks"].get(check))
+                    passed[check] += ok
+                    if not ok:
+                        failed.add(check)
+            if len(failed) == 1:
+                alone[failed.pop()] += 1
+        return {"clips": len(clips), "objects": objects, "passed": passed, "failed_alone": alone}
+
+    def adherence_line(self) -> str | None:
+        """adherence_checks() as one line under the table."""
+        summary = self.adherence_checks()
+        if summary is None:
+            return None
+        n = summary["objects"]
+        right = ", ".join(f"{ADHERENCE_CHECKS[c]} {k}/{n}" for c, k in summary["passed"].items())
+        alone = ", ".join(f"{ADHERENCE_CHECKS[c]} {k}" for c, k in summary["failed_alone"].items() if k) or "none"
+        return f"adherence checks: objects right in {right}; clips failing one check alone: {alone}"
+
     def to_dict(self) -> dict:
         return {"passed": self.passed, "settings": self.settings,
-                "bars": [{**asdict(b), "passed": b.passed} for b in self.bars], "items": self.items}
+                "bars": [{**asdict(b), "passed": b.passed} for b in self.bars],
+                "adherence_checks": self.adherence_checks(), "items": self.items}
 
 
 # ---------------------------------------------------------------------------------------------

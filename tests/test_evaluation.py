@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pipelines.evaluation import (
-    ADHERENCE_PROMPTS, BARS, LONG_PROMPTS, animation_scenes, evaluate, reconstruction_scenes, reference_callables,
+    ADHERENCE_PROMPTS, BARS, LONG_PROMPTS, EvalReport, animation_scenes, evaluate, reconstruction_scenes,
+    reference_callables,
 )
 from pipelines.toyworld import HELDOUT_PHOTOS, HELDOUT_WORDS, parse_prompt
 
@@ -33,6 +34,27 @@ def test_ground_truth_passes_every_bar():
     assert report.passed and all(b.passed for b in report.bars), report.table()
     assert [b.count for b in report.bars] == [8, 8, 8, 8, 8, 3]
     assert "pass" in report.table() and "FAIL" not in report.table()
+
+
+def test_the_adherence_summary_counts_checks_and_the_clips_one_check_fails():
+    def obj(**failed):
+        return {"checks": {c: c not in failed for c in ("colour", "shape", "motion", "change")}}
+
+    report = EvalReport(bars=[], items={"adherence": [
+        {"passed": False, "objects": [obj(shape=1)]},                       # shape alone
+        {"passed": False, "objects": [obj(shape=1), obj(change=1)]},        # two checks across two objects
+        {"passed": True, "objects": [obj()]},
+        {"passed": False, "objects": [obj(change=1)]},                      # size change alone
+    ]})
+    summary = report.adherence_checks()
+    assert summary["clips"] == 4 and summary["objects"] == 5
+    assert summary["passed"] == {"colour": 5, "shape": 3, "motion": 5, "change": 3}
+    assert summary["failed_alone"] == {"colour": 0, "shape": 1, "motion": 0, "change": 1}
+    assert report.adherence_line() == ("adherence checks: objects right in colour 5/5, shape 3/5, motion 5/5, "
+                                       "size change 3/5; clips failing one check alone: shape 1, size change 1")
+    assert EvalReport(bars=[]).adherence_checks() is None and EvalReport(bars=[]).adherence_line() is None
+    truth = evaluate(**reference_callables(), limit=4).adherence_checks()  # ground truth: every object right
+    assert set(truth["passed"].values()) == {truth["objects"]} and not any(truth["failed_alone"].values())
 
 
 def test_more_seeds_sample_each_adherence_prompt_again_with_new_seeds():
@@ -112,6 +134,7 @@ def test_eval_command_on_reference_renders(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] and len(report["bars"]) == 6
     assert report["settings"]["model"] == "reference renders"
+    assert report["adherence_checks"]["clips"] == 2
 
 
 @pytest.mark.slow
@@ -124,7 +147,8 @@ def test_eval_command_on_a_tiny_model(tmp_path, capsys):
     status = command.run(args)
     table = capsys.readouterr().out
     # a random tiny model is measured on every bar (and, untrained, fails the bars it should)
-    assert table.count("\n") == 9 and "skipped" not in table  # header, rule, six bars, the colour check
+    assert table.count("\n") == 10 and "skipped" not in table  # header, rule, six bars, two summary lines
+    assert table.splitlines()[-2].startswith("adherence checks: objects right in colour ")
     assert "VAE colour error on objects" in table.splitlines()[-1]
     assert "FAIL" in table and status == 1
 

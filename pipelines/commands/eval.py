@@ -111,6 +111,9 @@ def run(args) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.table())
+        checks = report.adherence_line()
+        if checks:  # which check the failing clips fail on
+            print(checks)
         colours = report.items.get("reconstruction_colour")
         if colours:  # not a bar: whether the VAE keeps hue (0 is exact; a VAE that greys colours scores 60-90)
             mean = sum(c["error"] for c in colours) / len(colours)
