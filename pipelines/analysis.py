@@ -445,6 +445,10 @@ def _as_spec(spec: PromptSpec | Scene | str) -> PromptSpec:
     raise TypeError(f"expected a PromptSpec, a Scene or a prompt string, got {type(spec).__name__}")
 
 
+OBJECT_CHECKS = {"colour": "colour", "shape": "shape", "motion": "motion", "change": "size change"}
+"""judge_object's checks, in its order, with the names reports give them."""
+
+
 def judge_object(frames: np.ndarray, obj: ObjectSpec, labels: np.ndarray | None = None) -> Judgement:
     """Is there an object of this colour, of this shape, moving and changing size as asked?"""
     track = track_colour(frames, obj.colour, labels=labels)

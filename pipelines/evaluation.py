@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipelines.analysis import colour_drift, global_motion, judge_prompt_adherence, psnr
+from pipelines.analysis import OBJECT_CHECKS, colour_drift, global_motion, judge_prompt_adherence, psnr
 from pipelines.toyworld.captions import parse_prompt
 from pipelines.toyworld.photos import HELDOUT_PHOTOS
 from pipelines.toyworld.render import render_scene
@@ -101,9 +101,6 @@ BARS: dict[str, Bar] = {b.name: b for b in (
 )}
 
 
-ADHERENCE_CHECKS = {"colour": "colour", "shape": "shape", "motion": "motion", "change": "size change"}  # judge_object
-
-
 @dataclass
 class BarResult:
     name: str
@@ -157,14 +154,14 @@ class EvalReport:
         clips = self.items.get("adherence")
         if not clips:
             return None
-        passed = dict.fromkeys(ADHERENCE_CHECKS, 0)
-        alone = dict.fromkeys(ADHERENCE_CHECKS, 0)
+        passed = dict.fromkeys(OBJECT_CHECKS, 0)
+        alone = dict.fromkeys(OBJECT_CHECKS, 0)
         objects = 0
         for clip in clips:
             failed = set()
             for obj in clip.get("objects", []):
                 objects += 1
-                for check in ADHERENCE_CHECKS:
+                for check in OBJECT_CHECKS:
                     ok = bool(obj["checks"].get(check))
                     passed[check] += ok
                     if not ok:
@@ -179,8 +176,8 @@ class EvalReport:
         if summary is None:
             return None
         n = summary["objects"]
-        right = ", ".join(f"{ADHERENCE_CHECKS[c]} {k}/{n}" for c, k in summary["passed"].items())
-        alone = ", ".join(f"{ADHERENCE_CHECKS[c]} {k}" for c, k in summary["failed_alone"].items() if k) or "none"
+        right = ", ".join(f"{OBJECT_CHECKS[c]} {k}/{n}" for c, k in summary["passed"].items())
+        alone = ", ".join(f"{OBJECT_CHECKS[c]} {k}" for c, k in summary["failed_alone"].items() if k) or "none"
         return f"adherence checks: objects right in {right}; clips failing one check alone: {alone}"
 
     def to_dict(self) -> dict:
