@@ -24,7 +24,7 @@ def pipe():
 
 def test_the_default_model_is_complete_small_and_at_least_17x64x64():
     index = json.loads((FOLDER / "model_index.json").read_text())
-    assert index["text_encoders"] == ["minilm"]  # the encoder installed with the package, nothing to fetch
+    assert index["text_encoders"] == ["mpnet"]  # an encoder installed with the package, nothing to fetch
     weights = sorted(FOLDER.rglob("*.safetensors"))
     assert {w.parent.name for w in weights} == {"vae", "transformer"}
     assert sum(w.stat().st_size for w in weights) <= 60e6

