@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from pipelines.analysis import OBJECT_CHECKS
 from pipelines.evaluation import (
     ADHERENCE_PROMPTS, BARS, LONG_PROMPTS, EvalReport, animation_scenes, evaluate, reconstruction_scenes,
     reference_callables,
@@ -38,7 +39,7 @@ def test_ground_truth_passes_every_bar():
 
 def test_the_adherence_summary_counts_checks_and_the_clips_one_check_fails():
     def obj(**failed):
-        return {"checks": {c: c not in failed for c in ("colour", "shape", "motion", "change")}}
+        return {"checks": {c: c not in failed for c in OBJECT_CHECKS}}
 
     report = EvalReport(bars=[], items={"adherence": [
         {"passed": False, "objects": [obj(shape=1)]},                       # shape alone
