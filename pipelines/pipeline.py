@@ -120,6 +120,11 @@ class SpacetimePipeline(DiffusionPipeline):
             harsher than it was given. (A long text-to-video clip keeps `guidance_scale` in every
             window: its later windows continue the look of its first.)
         guidance_rescale: default strength of `video_dit.flow.rescale_guidance` (0 = plain guidance).
+        guidance_interval: (low, high) noise levels between which guidance applies; below and
+            above, steps take the prompt's own estimate (one model call instead of two). Layout,
+            colour and motion are settled at high noise; strong guidance at low noise only
+            sharpens what is already there into artefacts (a blocky texture on a plain
+            background, ragged edges). (0, 1): every step.
         shift: timestep shift of the schedule; None picks it from the token count
             (`video_dit.flow.shift_for_tokens`).
         context_latent_frames: latent frames of the previous window given to the next (long video).
@@ -144,6 +149,7 @@ class SpacetimePipeline(DiffusionPipeline):
         context_noise: float = 0.05,
         guidance_rescale: float = 0.0,
         given_guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | list[float] = (0.0, 1.0),
     ):
         super().__init__()
         self.register_modules(vae=vae, transformer=transformer, text_encoder=text_encoder)
@@ -159,6 +165,7 @@ class SpacetimePipeline(DiffusionPipeline):
             context_noise=float(context_noise),
             guidance_rescale=float(guidance_rescale),
             given_guidance_scale=None if given_guidance_scale is None else float(given_guidance_scale),
+            guidance_interval=[float(v) for v in guidance_interval],
         )
         self._check_parts()
 
@@ -400,6 +407,7 @@ class SpacetimePipeline(DiffusionPipeline):
         guidance_scale: float | None = None,
         guidance_rescale: float | None = None,
         given_guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         image: np.ndarray | str | None = None,
         last_image: np.ndarray | str | None = None,
         video: np.ndarray | str | None = None,
@@ -425,6 +433,8 @@ class SpacetimePipeline(DiffusionPipeline):
             guidance_rescale: 0 to 1, how far the guided estimate is scaled back to the spread of
                 the prompt's own (`video_dit.flow.rescale_guidance`); tames the brighter, harsher
                 look of strong guidance. Defaults to the model folder's value.
+            guidance_interval: (low, high) noise levels where guidance applies (see the class);
+                defaults to the model folder's.
             image: a still (path or uint8 (H, W, 3)) for the first frame: image-to-video.
             last_image: a still for the last frame (with `image`: interpolation).
             video: a clip (path or uint8 (T, H, W, 3)) to continue: the output is its frames,
@@ -452,6 +462,12 @@ class SpacetimePipeline(DiffusionPipeline):
         rescale = c.guidance_rescale if guidance_rescale is None else float(guidance_rescale)
         if not 0.0 <= rescale <= 1.0:
             raise UserError(f"guidance_rescale={rescale}; use a strength from 0 (off) to 1, e.g. 0.7")
+        from video_dit import flow
+
+        try:
+            interval = flow.check_guidance_interval(c.guidance_interval if guidance_interval is None else guidance_interval)
+        except ValueError as err:
+            raise UserError(str(err)) from None
         if image is not None and video is not None:
             raise UserError("give a still (image) or a video to extend, not both")
         if last_image is not None and video is not None:
@@ -507,7 +523,6 @@ class SpacetimePipeline(DiffusionPipeline):
         native = self.native_latent_frames
         windows = self.windows(request, 0 if known is None else known.shape[2])
         shift = c.shift if c.shift is not None else self._shift(min(native, request.latent_frames), h, w)
-        from video_dit import flow
 
         channels = self.transformer.config.in_channels
         like = torch.zeros(1, channels, 1, h // self.spatial_factor, w // self.spatial_factor,
@@ -528,7 +543,7 @@ class SpacetimePipeline(DiffusionPipeline):
 
             return flow.sample(
                 self.transformer, noise, cond, uncond, guidance=guidance, num_steps=steps, shift=shift,
-                guidance_rescale=rescale,
+                guidance_rescale=rescale, guidance_interval=interval,
                 given=given if bool(mask.any()) else None, given_mask=mask if bool(mask.any()) else None,
                 context_noise=c.context_noise, callback_on_step_end=on_step, generator=generator,
             )
@@ -719,7 +734,8 @@ class SpacetimePipeline(DiffusionPipeline):
 
 
 _SETTINGS = ("native_frames", "height", "width", "fps", "num_inference_steps", "guidance_scale", "shift",
-             "context_latent_frames", "context_noise", "guidance_rescale", "given_guidance_scale")
+             "context_latent_frames", "context_noise", "guidance_rescale", "given_guidance_scale",
+             "guidance_interval")
 
 
 def _is_int(v) -> bool:  # 64 or 64.0 (the pipeline takes int() of it)
@@ -744,6 +760,8 @@ _SETTING_CHECKS = (
     ("guidance_rescale", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("given_guidance_scale", lambda v: v is None or (_is_number(v) and v >= 0),
      "a number >= 0, or null for guidance_scale"),
+    ("guidance_interval", lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v))
+     and 0 <= v[0] < v[1] <= 1, "two noise levels [low, high] with 0 <= low < high <= 1, e.g. [0.3, 1.0]"),
 )
 
 

@@ -174,6 +174,9 @@ def test_eval_command_measures_the_installed_vae_alone(capsys):
     command, args = _parse(["--model", "nowhere", "--guidance-rescale", "1.5"])  # refused before any loading
     with pytest.raises(UserError, match=r"--guidance-rescale 1.5; use a strength from 0 \(off\) to 1"):
         command.run(args)
+    command, args = _parse(["--model", "nowhere", "--guidance-interval", "1", "1"])
+    with pytest.raises(UserError, match=r"--guidance-interval 1 1; use two noise levels"):
+        command.run(args)
     command, args = _parse(["--model", "nowhere", "--seeds", "0"])  # refused before any loading
     with pytest.raises(UserError, match="--seeds must be at least 1, got 0"):
         command.run(args)

@@ -309,6 +309,34 @@ def test_classifier_free_guidance_batches_and_combines():
     assert torch.allclose(out1, torch.full_like(noise, -2.0))
 
 
+def test_guidance_applies_only_inside_its_interval():
+    """Guidance between two noise levels: steps outside take the prompt's own velocity, in one
+    unbatched call; the interval (0, 1) is plain guidance."""
+    seen = []
+
+    class TextModel:
+        def __call__(self, x, t, text_states, text_masks):
+            seen.append((float(t.flatten()[0]), x.shape[0]))
+            return text_states[0][:, :1, :1, None, None].expand_as(x).clone()
+
+    cond = dict(text_states=[torch.full((1, 1, 1), 2.0)], text_masks=[torch.ones(1, 1, dtype=torch.bool)])
+    uncond = dict(text_states=[torch.zeros(1, 1, 1)], text_masks=[torch.ones(1, 1, dtype=torch.bool)])
+    noise = torch.zeros(1, 1, 2, 2, 2)
+    schedule = flow.sigmas(4)
+    out = flow.sample(TextModel(), noise, cond, uncond, guidance=4.0, num_steps=4, guidance_interval=(0.4, 1.0))
+    guided = [s >= 0.4 for s in schedule[:4].tolist()]
+    assert [batch == 2 for _, batch in seen] == guided and any(guided) and not all(guided)
+    # guided steps move at 4 * 2 = 8, the others at 2, each over its own step length
+    expected = -sum((8.0 if g else 2.0) * float(a - b) for g, a, b in zip(guided, schedule[:4], schedule[1:]))
+    assert torch.allclose(out, torch.full_like(noise, expected))
+    plain = flow.sample(TextModel(), noise, cond, uncond, guidance=4.0, num_steps=4)
+    assert torch.equal(plain, flow.sample(TextModel(), noise, cond, uncond, guidance=4.0, num_steps=4,
+                                          guidance_interval=(0.0, 1.0)))
+    for bad in [(0.5, 0.5), (-0.1, 1.0), (0.2, 1.5), (0.3,), "high"]:
+        with pytest.raises(ValueError, match="guidance_interval"):
+            flow.sample(TextModel(), noise, cond, uncond, guidance_interval=bad)
+
+
 def test_a_model_with_the_given_reference_is_handed_the_mask_and_others_are_not():
     from video_dit import PRESETS, VideoDiT
 

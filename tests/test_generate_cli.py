@@ -60,6 +60,7 @@ def test_generate_writes_the_clip_the_sidecar_and_the_preview(model, tmp_path, c
     assert (sidecar["frames"], sidecar["width"], sidecar["height"], sidecar["steps"]) == (9, 32, 32, 2)
     assert sidecar["task"] == "generate" and sidecar["model"] == str(model)
     assert sidecar["guidance_rescale"] == 0.0  # the model folder's
+    assert sidecar["guidance_interval"] == [0.0, 1.0]  # the folder's: every step
     assert sidecar["guidance"] == 3.0  # the folder's
     assert Image.open(tmp_path / "clip.png").size[0] > 32
     last = stdout.strip().splitlines()[-1]
@@ -79,6 +80,21 @@ def test_guidance_rescale_flag_reaches_the_sampler_and_the_sidecar(model, tmp_pa
     code, _, err = run(capsys, "generate", "a blue square", "--model", model, "--out", f"{tmp_path}/bad/",
                        "--guidance-rescale", "2")
     assert code == 2 and "--guidance-rescale 2; use a strength from 0 (off) to 1" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+def test_guidance_interval_flag_reaches_the_sampler_and_the_sidecar(model, tmp_path, capsys):
+    clips = {}
+    for name, interval in (("all", ("0", "1")), ("high", ("0.5", "1"))):
+        code, _, err = run(capsys, "generate", "a blue square", "--model", model, "--out", f"{tmp_path}/{name}/",
+                           "--seed", 3, "--steps", 3, "--guidance-interval", *interval)
+        assert code == 0, err
+        clips[name] = frames_of(tmp_path / name)
+        assert json.loads((tmp_path / f"{name}.json").read_text())["guidance_interval"] == [float(v) for v in interval]
+    assert not np.array_equal(clips["all"], clips["high"])
+    code, _, err = run(capsys, "generate", "a blue square", "--model", model, "--out", f"{tmp_path}/bad/",
+                       "--guidance-interval", "0.8", "0.2")
+    assert code == 2 and "--guidance-interval 0.8 0.2; use two noise levels 0 <= LOW < HIGH <= 1" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 

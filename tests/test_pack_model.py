@@ -45,12 +45,16 @@ def test_settings_set_the_shipped_sampling_defaults_and_bad_ones_are_refused(tmp
     src = save_tiny_model(tmp_path / "model")
     assert tool.parse_setting("given_guidance_scale=2") == ("given_guidance_scale", 2)
     assert tool.parse_setting("shift=null") == ("shift", None)
-    tool.pack(src, tmp_path / "packed", settings={"given_guidance_scale": 2, "guidance_rescale": 0.5})
+    assert tool.parse_setting("guidance_interval=[0.3, 1]") == ("guidance_interval", [0.3, 1])
+    tool.pack(src, tmp_path / "packed", settings={"given_guidance_scale": 2, "guidance_rescale": 0.5,
+                                                   "guidance_interval": [0.3, 1]})
     pipe = SpacetimePipeline.from_pretrained(tmp_path / "packed")
     assert pipe.guidance_scales() == (3.0, 2.0) and pipe.config.guidance_rescale == 0.5
+    assert list(pipe.config.guidance_interval) == [0.3, 1.0]
     before = (tmp_path / "packed" / "model_index.json").read_text()
     for settings, words in (({"guidance": 2}, "not a sampling setting; use one of"),
-                            ({"guidance_rescale": 3}, "expected a number in \\[0, 1\\]")):
+                            ({"guidance_rescale": 3}, "expected a number in \\[0, 1\\]"),
+                            ({"guidance_interval": [0.6, 0.2]}, "expected two noise levels")):
         with pytest.raises(SystemExit, match=words):
             tool.pack(src, tmp_path / "packed", settings=settings)
         assert (tmp_path / "packed" / "model_index.json").read_text() == before  # left as it was

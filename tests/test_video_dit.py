@@ -256,6 +256,45 @@ def test_given_reference_path_starts_silent_and_then_carries_the_given_frame():
     assert not torch.allclose(a, model(x, t, ctx), atol=1e-4)  # no mask: the reference is empty
 
 
+def test_refiner_starts_silent_then_draws_across_patch_borders():
+    """A trained model that gains the refiner (its other weights copied) computes what it did; once
+    the refiner's weights move, a change of the input inside one patch reaches the output of the
+    next patch even with every token kept to itself."""
+    plain = perturb(tiny(patch_size=(1, 2, 2)))
+    model = tiny(patch_size=(1, 2, 2), refiner_width=8, refiner_blocks=1)
+    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("refiner.") for k in missing) and not unexpected
+    x, t, ctx = torch.randn(1, 4, 2, 8, 8), torch.full((1,), 0.5), text(batch=1)
+    assert torch.equal(plain(x, t, ctx), model(x, t, ctx))
+    perturb(model.refiner, seed=4)
+    for block in model.blocks:  # no attention between tokens: only the refiner links the patches
+        block.attn1.to_out.weight.data.zero_()
+        block.attn1.to_out.bias.data.zero_()
+    other = x.clone()
+    other[:, :, :, 3, 3] += 1.0  # the corner pixel of the patch at rows 2-3, columns 2-3
+    a, b = model(x, t, ctx), model(other, t, ctx)
+    assert not torch.allclose(a[:, :, :, 4, 4], b[:, :, :, 4, 4], atol=1e-5)  # the next patch, diagonally
+    refiner = model.refiner
+    model.refiner = None  # without it, the patch at rows 4-5, columns 4-5 does not see the change
+    assert torch.equal(model(x, t, ctx)[:, :, :, 4:6, 4:6], model(other, t, ctx)[:, :, :, 4:6, 4:6])
+    model.refiner = refiner
+    with pytest.raises(ValueError, match="refiner_width"):
+        tiny(refiner_width=12)
+
+
+def test_refiner_frames_are_refined_each_on_its_own():
+    """The refiner works within a frame: what ties frames together stays attention's job."""
+    model = perturb(tiny(refiner_width=8, refiner_blocks=1))
+    for block in model.blocks:
+        block.attn1.to_out.weight.data.zero_()
+        block.attn1.to_out.bias.data.zero_()
+    x, t, ctx = torch.randn(1, 4, 3, 4, 4), torch.full((1,), 0.5), text(batch=1)
+    other = x.clone()
+    other[:, :, 0] = torch.randn(4, 4, 4)
+    a, b = model(x, t, ctx), model(other, t, ctx)
+    assert torch.equal(a[:, :, 1:], b[:, :, 1:]) and not torch.equal(a[:, :, 0], b[:, :, 0])
+
+
 def test_given_reference_learns_to_hold_a_still_faster():
     """The point of the reference: continuing a still clip from its first frame. The same tiny model
     and steps, with and without it: with it the loss on held-out stills ends far lower."""

@@ -358,6 +358,17 @@ def rescale_guidance(
     return torch.where(tt > 0, v, guided.float()).to(guided.dtype)
 
 
+def check_guidance_interval(interval) -> tuple[float, float]:
+    """(low, high) noise levels, 0 <= low < high <= 1, between which guidance applies."""
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_interval={interval!r}; expected two noise levels (low, high), e.g. (0.3, 1.0)") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"guidance_interval=({lo:g}, {hi:g}); expected 0 <= low < high <= 1, e.g. (0.3, 1.0)")
+    return lo, hi
+
+
 def sample(
     model: Callable,
     noise: torch.Tensor,
@@ -367,6 +378,7 @@ def sample(
     num_steps: int = 30,
     shift: float = 1.0,
     guidance_rescale: float = 0.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
     given: torch.Tensor | None = None,
     given_mask: torch.Tensor | None = None,
     context_noise: float = 0.0,
@@ -404,6 +416,7 @@ def sample(
         context_noise_draw = torch.randn(noise.shape, generator=generator, dtype=torch.float32).to(noise)
         given_in = (1 - context_noise) * given + context_noise * context_noise_draw
     use_cfg = uncond is not None and guidance != 1.0
+    lo, hi = check_guidance_interval(guidance_interval)
     both = _cat_text(cond, uncond) if use_cfg and "text_states" in cond else None
     single = _given_kwargs(model, given_mask)
     double = _given_kwargs(model, None if given_mask is None else torch.cat([given_mask, given_mask]))
@@ -413,7 +426,7 @@ def sample(
         if given_mask is not None:
             x = torch.where(keep, given_in, x)
             t = torch.where(given_mask, torch.full_like(t, context_noise), t)
-        if not use_cfg:
+        if not use_cfg or not lo <= sigma <= hi:
             return model(x, t, **cond, **single)
         if both is not None:
             v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), **both, **double).chunk(2)

@@ -14,6 +14,8 @@ import sys
 
 
 def add_arguments(parser) -> None:
+    from pipelines.commands.sampling import add_guidance_interval_argument
+
     parser.add_argument("--model", default=None, help="a model folder (default: the installed default model)")
     parser.add_argument("--vae", default=None, metavar="DIR",
                         help="evaluate only a VAE's reconstruction bars: a VAE folder, a model folder, or "
@@ -35,17 +37,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     parser.add_argument("--guidance-rescale", type=float, default=None,
                         help="guidance rescale strength, 0 to 1 (default: the model's)")
+    add_guidance_interval_argument(parser)
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a bar fails")
 
 
 def model_callables(pipe, *, steps: int | None = None, guidance: float | None = None,
-                    guidance_rescale: float | None = None) -> dict:
+                    guidance_rescale: float | None = None, guidance_interval=None) -> dict:
     """The four functions `evaluate` takes, answered by a SpacetimePipeline."""
     import torch
 
     def call(prompt, seed, **kwargs):
         out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, guidance_rescale=guidance_rescale,
+                   guidance_interval=guidance_interval,
                    generator=torch.Generator().manual_seed(int(seed)), output_type="np", **kwargs)
         return out.frames[0]
 
@@ -64,7 +68,7 @@ def model_callables(pipe, *, steps: int | None = None, guidance: float | None = 
 
 
 def run(args) -> int:
-    from pipelines.commands.sampling import check_guidance_rescale
+    from pipelines.commands.sampling import check_guidance_interval, check_guidance_rescale
     from pipelines.errors import UserError
     from pipelines.evaluation import evaluate, reference_callables
 
@@ -73,6 +77,7 @@ def run(args) -> int:
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     check_guidance_rescale(args.guidance_rescale)
+    check_guidance_interval(args.guidance_interval)
     if sum(map(bool, (args.model, args.vae, args.reference))) > 1:
         raise UserError("give one of --model, --vae and --reference")
     if args.reference:
@@ -96,7 +101,8 @@ def run(args) -> int:
         frames = args.frames or config.native_frames
         height, width = args.height or config.height, args.width or config.width
         callables = model_callables(pipe, steps=args.steps, guidance=args.guidance,
-                                    guidance_rescale=args.guidance_rescale)
+                                    guidance_rescale=args.guidance_rescale,
+                                    guidance_interval=args.guidance_interval)
 
     def progress(line: str) -> None:
         if not args.json:

@@ -33,6 +33,7 @@ def add_sampling_arguments(parser, *, frames_required: bool = False) -> None:
     parser.add_argument("--guidance-rescale", type=float, default=None, metavar="R",
                         help="0 to 1: scale strong guidance back to the prompt's own spread, for a less "
                         "harsh look (default: the model's)")
+    add_guidance_interval_argument(parser)
     parser.add_argument("--seed", type=int, default=None, metavar="N",
                         help="random seed; same seed and options give the same frames (default: drawn and printed)")
     parser.add_argument("--model", default=None, metavar="DIR", help="model folder (default: the installed model)")
@@ -112,6 +113,22 @@ def check_guidance_rescale(value: float | None) -> None:
         raise UserError(f"--guidance-rescale {value:g}; use a strength from 0 (off) to 1, e.g. 0.7")
 
 
+def add_guidance_interval_argument(parser) -> None:
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="guide only the steps between these noise levels, 0 <= LOW < HIGH <= 1; the "
+                        "others take the prompt's own estimate (default: the model's)")
+
+
+def check_guidance_interval(value) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    low, high = value
+    if not 0 <= low < high <= 1:  # NaN fails too
+        raise UserError(f"--guidance-interval {low:g} {high:g}; use two noise levels 0 <= LOW < HIGH <= 1, "
+                        "e.g. 0.3 1")
+    return float(low), float(high)
+
+
 def run_sampling(args, task: str) -> int:
     """task: 'generate' (text-to-video), 'animate' (image-to-video) or 'extend'."""
     from pipelines.video_io import VideoWriter, check_writable, read_image, read_video, sidecar_path, write_contact_sheet, write_json
@@ -122,6 +139,7 @@ def run_sampling(args, task: str) -> int:
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps {args.steps}; use 1 or more")
     check_guidance_rescale(args.guidance_rescale)
+    check_guidance_interval(args.guidance_interval)
     if args.fps is not None and not args.fps > 0:
         raise UserError(f"--fps {args.fps:g}; use a positive frame rate such as 8")
     if task == "generate" and not args.prompt.strip():
@@ -192,7 +210,8 @@ def run_sampling(args, task: str) -> int:
         result = pipe(
             args.prompt, negative_prompt=args.negative_prompt, num_frames=request.num_frames,
             height=request.height, width=request.width, num_inference_steps=args.steps,
-            guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, image=image, video=video,
+            guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale,
+            guidance_interval=args.guidance_interval, image=image, video=video,
             generator=torch.Generator().manual_seed(seed), on_frames=on_frames,
         )
         path = writer.close()
@@ -214,6 +233,8 @@ def run_sampling(args, task: str) -> int:
         "steps": args.steps or pipe.config.num_inference_steps,
         "guidance": result.guidance,
         "guidance_rescale": pipe.config.guidance_rescale if args.guidance_rescale is None else args.guidance_rescale,
+        "guidance_interval": list(pipe.config.guidance_interval if args.guidance_interval is None
+                                  else args.guidance_interval),
         "model": str(model),
         "device": args.device,
         "dtype": args.dtype,
