@@ -15,7 +15,7 @@ from video_dit.flops import count_flops
                                               ("full", "joint", False), ("full", "cross", True)])
 def test_count_matches_torch_flop_counter(attn, cond, pooled):
     model = VideoDiT(in_channels=4, attention=attn, text_conditioning=cond, text_dims=(8, 12), pooled_text=pooled,
-                     given_reference=pooled, **PRESETS["tiny"])
+                     given_reference=pooled, refiner_width=8 if pooled else 0, refiner_blocks=1, **PRESETS["tiny"])
     x, text = torch.randn(1, 4, 3, 8, 6), [torch.randn(1, 5, 8), torch.randn(1, 6, 12)]
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # the math path's bmm is counted
@@ -25,10 +25,12 @@ def test_count_matches_torch_flop_counter(attn, cond, pooled):
     assert ours["flops"] == pytest.approx(counter.get_total_flops(), rel=1e-3)
     assert ours["tokens"] == 3 * 4 * 3
     if pooled:  # the pooled MLP, counted exactly (its share of the total is below the tolerance above)
-        plain = count_flops({**dict(model.config), "pooled_text": False, "given_reference": False}, 3, 8, 6,
-                            text_tokens=11)
+        plain = count_flops({**dict(model.config), "pooled_text": False, "given_reference": False, "refiner_width": 0},
+                            3, 8, 6, text_tokens=11)
         reference = 36 * 4 * (4 + 1) * 64  # every token's reference latent and flag, embedded
-        assert ours["macs"] - plain["macs"] == (8 + 12) * 64 + 64 * 64 + reference
+        refiner = 36 * 64 * 4 * 16 + 3 * 64 * 8 + 144 * 9 * 8 * (4 + 4 + 16 + 8 + 8 + 4)  # features, time, convs
+        assert ours["parts"]["refiner"] == refiner
+        assert ours["macs"] - plain["macs"] == (8 + 12) * 64 + 64 * 64 + reference + refiner
 
 
 def test_dit_xl_2_reproduces_the_paper():

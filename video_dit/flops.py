@@ -79,7 +79,8 @@ def count_flops(model_or_config, frames: int, height: int, width: int, text_toke
     k = 9 if factorized else 6
 
     parts = dict.fromkeys(
-        ["embed", "time", "text", "attention_projections", "cross_attention", "attention_scores", "mlp", "final"], 0
+        ["embed", "time", "text", "attention_projections", "cross_attention", "attention_scores", "mlp", "final",
+         "refiner"], 0
     )
     parts["embed"] = n * pv * cin * d
     if c.get("given_reference"):  # the reference latent and its flag through their own embedding
@@ -108,6 +109,13 @@ def count_flops(model_or_config, frames: int, height: int, width: int, text_toke
             parts["attention_scores"] += 2 * n * lt * d
         parts["mlp"] += n * 2 * d * m
     parts["final"] = n * d * pv * cout
+    r = c.get("refiner_width", 0)
+    if r:  # OutputRefiner: token features, the time projection, then 3x3 convolutions at every latent pixel
+        from video_dit.model import REFINER_FEATURES
+
+        pixels = frames * height * width
+        parts["refiner"] = (n * d * pv * REFINER_FEATURES + t * d * r
+                            + pixels * 9 * r * (2 * cout + REFINER_FEATURES + 2 * r * c["refiner_blocks"] + cout))
     macs = sum(parts.values())
     return dict(
         macs=macs, flops=2 * macs, gmacs=macs / 1e9, gflops=2 * macs / 1e9, tokens=n, text_tokens=lt, parts=parts

@@ -444,6 +444,9 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(layer_norm(x, self.eps), shift, scale))  # (B, N, pt*ph*pw*C)
 
 
+REFINER_FEATURES = 16  # features per latent pixel the refiner draws from the token states
+
+
 class OutputRefiner(nn.Module):
     """3x3 convolutions over each latent frame at its own resolution, after the last layer.
 
@@ -457,7 +460,7 @@ class OutputRefiner(nn.Module):
     """
 
     def __init__(self, channels: int, hidden_size: int, patch: tuple[int, int, int], width: int, blocks: int,
-                 features: int = 16, eps: float = 1e-6):
+                 features: int = REFINER_FEATURES, eps: float = 1e-6):
         super().__init__()
         self.patch = patch
         self.eps = eps
