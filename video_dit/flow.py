@@ -391,7 +391,8 @@ def sample(
     cond / uncond: model keyword arguments (text_states, text_masks) for the prompt and for the
     empty prompt; with `uncond` and guidance != 1 the velocity is v_u + guidance * (v_c - v_u),
     both evaluated in one batched call, then rescaled by `guidance_rescale` (`rescale_guidance`;
-    0 leaves it). given / given_mask: latents (B, C, T, H, W) and a (B, T)
+    0 leaves it); only at noise levels within `guidance_interval` (low, high): the other steps
+    take the prompt's velocity alone, in one call. given / given_mask: latents (B, C, T, H, W) and a (B, T)
     bool mask of frames to hold fixed; they are fed at timestep `context_noise` (with noise fixed
     once from `generator`) and returned exactly as given. method: "euler" or "heun" (second order,
     Euler on the last step). callback_on_step_end(step, sigma, latents) may return new latents.
