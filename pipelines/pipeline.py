@@ -121,7 +121,7 @@ class SpacetimePipeline(DiffusionPipeline):
             window: its later windows continue the look of its first.)
         guidance_rescale: default strength of `video_dit.flow.rescale_guidance` (0 = plain guidance).
         guidance_interval: (low, high) noise levels between which guidance applies; below and
-            above, steps take the prompt's own estimate (one model call instead of two). Layout,
+            above, steps take the prompt's own estimate (half the batch: no empty-prompt branch). Layout,
             colour and motion are settled at high noise; strong guidance at low noise only
             sharpens what is already there into artefacts (a blocky texture on a plain
             background, ragged edges). (0, 1): every step.
@@ -407,7 +407,6 @@ class SpacetimePipeline(DiffusionPipeline):
         guidance_scale: float | None = None,
         guidance_rescale: float | None = None,
         given_guidance_scale: float | None = None,
-        guidance_interval: tuple[float, float] | None = None,
         image: np.ndarray | str | None = None,
         last_image: np.ndarray | str | None = None,
         video: np.ndarray | str | None = None,
@@ -416,6 +415,7 @@ class SpacetimePipeline(DiffusionPipeline):
         on_frames: Callable[[np.ndarray], None] | None = None,
         output_type: str = "np",
         return_dict: bool = True,
+        guidance_interval: tuple[float, float] | None = None,
     ):
         r"""Make a clip.
 
@@ -433,8 +433,6 @@ class SpacetimePipeline(DiffusionPipeline):
             guidance_rescale: 0 to 1, how far the guided estimate is scaled back to the spread of
                 the prompt's own (`video_dit.flow.rescale_guidance`); tames the brighter, harsher
                 look of strong guidance. Defaults to the model folder's value.
-            guidance_interval: (low, high) noise levels where guidance applies (see the class);
-                defaults to the model folder's.
             image: a still (path or uint8 (H, W, 3)) for the first frame: image-to-video.
             last_image: a still for the last frame (with `image`: interpolation).
             video: a clip (path or uint8 (T, H, W, 3)) to continue: the output is its frames,
@@ -445,6 +443,9 @@ class SpacetimePipeline(DiffusionPipeline):
             on_frames: receives uint8 frames (t, H, W, 3) as soon as they are decoded; the output
                 then holds no frames, so memory stays bounded for any length.
             output_type: "np" (uint8), "pt" (float in [-1, 1]), "pil", or "latent".
+            return_dict: False returns a tuple (frames,).
+            guidance_interval: (low, high) noise levels where guidance applies (see the class);
+                defaults to the model folder's.
         """
         if output_type not in ("np", "pt", "pil", "latent"):
             raise UserError(f"output_type={output_type!r}; expected 'np', 'pt', 'pil' or 'latent'")

@@ -440,10 +440,11 @@ def test_overfits_one_clip(attn, prediction):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_linear_paths_agree(monkeypatch, native):
-    """bf16 products go to PyTorch's bf16 GEMM or, on CPUs without bf16 units, to fp32: same answer."""
+    """bf16 products (linear layers and the refiner's convolutions) go to PyTorch's bf16 kernels or, on
+    CPUs without bf16 units, to fp32: same answer."""
     import video_dit.model as vm
 
-    model = perturb(tiny()).to(torch.bfloat16)
+    model = perturb(tiny(refiner_width=8, refiner_blocks=1)).to(torch.bfloat16)
     x, t, ctx = torch.randn(1, 4, 2, 4, 4, dtype=torch.bfloat16), torch.rand(1), [c.bfloat16() for c in text(batch=1)]
     monkeypatch.setattr(vm, "CPU_BF16_MATMUL", native)
     out = model(x, t, ctx)

@@ -3,7 +3,8 @@
     count_flops(model_or_config, frames, height, width, text_tokens=0) -> dict
 
 Sizes are latent sizes (after the VAE). The count is exact for every matrix product of the
-network (linear layers and the two products inside attention) at batch size 1; elementwise work
+network (linear layers, the two products inside attention, the output refiner's convolutions) at
+batch size 1; elementwise work
 (norms, RoPE, GELU, softmax) is left out, as is usual.
 
 Units: `macs` are multiply-accumulates, `flops` = 2 * macs. The DiT paper's "Gflops" (118.6 for
@@ -147,7 +148,7 @@ def describe(
     Sizes are latent sizes, or pixel sizes with `pixels=True` (converted with the folder's VAE
     factors, default 4 in time and 8 in space). Defaults: 5 latent frames of 32x32 (a 17-frame
     256x256 clip). text_tokens defaults to 64 per text encoder. One step is one forward pass at
-    batch 1 (classifier-free guidance doubles it).
+    batch 1 (classifier-free guidance doubles it on the steps it applies to).
     """
     root = Path(folder)
     config_path = root / "config.json"

@@ -391,8 +391,8 @@ def sample(
     cond / uncond: model keyword arguments (text_states, text_masks) for the prompt and for the
     empty prompt; with `uncond` and guidance != 1 the velocity is v_u + guidance * (v_c - v_u),
     both evaluated in one batched call, then rescaled by `guidance_rescale` (`rescale_guidance`;
-    0 leaves it); only at noise levels within `guidance_interval` (low, high): the other steps
-    take the prompt's velocity alone, in one call. given / given_mask: latents (B, C, T, H, W) and a (B, T)
+    0 leaves it); only on steps that start from a noise level within `guidance_interval` (low,
+    high): the other steps take the prompt's velocity alone (half the batch). given / given_mask: latents (B, C, T, H, W) and a (B, T)
     bool mask of frames to hold fixed; they are fed at timestep `context_noise` (with noise fixed
     once from `generator`) and returned exactly as given. method: "euler" or "heun" (second order,
     Euler on the last step). callback_on_step_end(step, sigma, latents) may return new latents.
@@ -422,12 +422,12 @@ def sample(
     single = _given_kwargs(model, given_mask)
     double = _given_kwargs(model, None if given_mask is None else torch.cat([given_mask, given_mask]))
 
-    def velocity(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    def velocity(x: torch.Tensor, sigma: float, guided: bool) -> torch.Tensor:
         t = torch.full((b, frames), float(sigma), device=x.device)
         if given_mask is not None:
             x = torch.where(keep, given_in, x)
             t = torch.where(given_mask, torch.full_like(t, context_noise), t)
-        if not use_cfg or not lo <= sigma <= hi:
+        if not use_cfg or not guided:
             return model(x, t, **cond, **single)
         if both is not None:
             v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), **both, **double).chunk(2)
@@ -439,10 +439,11 @@ def sample(
     schedule = clear_of_context(sigmas(num_steps, shift).tolist(), context_noise)
     for i in range(num_steps):
         s, s_next = schedule[i], schedule[i + 1]
-        v = velocity(x, s)
+        guided = lo <= s <= hi  # one decision per step, by the level it starts from (Heun too)
+        v = velocity(x, s, guided)
         if method == "heun" and s_next > 0:
             x_euler = x + (s_next - s) * v
-            v = 0.5 * (v + velocity(x_euler, s_next))
+            v = 0.5 * (v + velocity(x_euler, s_next, guided))
         x = x + (s_next - s) * v
         if callback_on_step_end is not None:
             new = callback_on_step_end(i, s_next, x)

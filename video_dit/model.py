@@ -147,22 +147,38 @@ CPU_BF16_MATMUL = _cpu_has_bf16_matmul()
 def bf16_products_in_fp32(x: torch.Tensor) -> bool:
     """Whether a product with input x is a bf16 one (bf16 input or bf16 autocast) on a CPU without
     bf16 units, which should then run in fp32 and round its result to bf16. `Linear` here and
-    `vae3d`'s convolutions follow it."""
+    `Conv2d` here and `vae3d`'s convolutions follow it."""
     if CPU_BF16_MATMUL or x.device.type != "cpu":
         return False
     return x.dtype == torch.bfloat16 or (
         torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
-class Linear(nn.Linear):
-    """nn.Linear that computes bf16 (weights or autocast) products in fp32 on CPUs without bf16 units."""
+class Fp32Bf16Products:
+    """Mixin for a layer with a weight and a bias: bf16 (weights or autocast) products run in fp32
+    on CPUs without bf16 units (`bf16_products_in_fp32`), rounded to bf16 after. `_product(x,
+    weight, bias)` is the layer's own operation."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not bf16_products_in_fp32(x):
             return super().forward(x)
         with torch.autocast("cpu", enabled=False):
             bias = None if self.bias is None else self.bias.float()
-            return F.linear(x.float(), self.weight.float(), bias).to(torch.bfloat16)
+            return self._product(x.float(), self.weight.float(), bias).to(torch.bfloat16)
+
+
+class Linear(Fp32Bf16Products, nn.Linear):
+    """nn.Linear that computes bf16 products in fp32 on CPUs without bf16 units."""
+
+    def _product(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+
+class Conv2d(Fp32Bf16Products, nn.Conv2d):
+    """nn.Conv2d that computes bf16 products in fp32 on CPUs without bf16 units."""
+
+    def _product(self, x, weight, bias):
+        return self._conv_forward(x, weight, bias)
 
 
 def layer_norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -466,14 +482,14 @@ class OutputRefiner(nn.Module):
         self.eps = eps
         self.features = Linear(hidden_size, math.prod(patch) * features)
         self.time = Linear(hidden_size, width)
-        self.conv_in = nn.Conv2d(2 * channels + features, width, 3, padding=1)
+        self.conv_in = Conv2d(2 * channels + features, width, 3, padding=1)
         self.blocks = nn.ModuleList(
-            nn.ModuleList([nn.GroupNorm(8, width, eps=eps), nn.Conv2d(width, width, 3, padding=1),
-                           nn.GroupNorm(8, width, eps=eps), nn.Conv2d(width, width, 3, padding=1)])
+            nn.ModuleList([nn.GroupNorm(8, width, eps=eps), Conv2d(width, width, 3, padding=1),
+                           nn.GroupNorm(8, width, eps=eps), Conv2d(width, width, 3, padding=1)])
             for _ in range(blocks)
         )
         self.norm_out = nn.GroupNorm(8, width, eps=eps)
-        self.conv_out = nn.Conv2d(width, channels, 3, padding=1)
+        self.conv_out = Conv2d(width, channels, 3, padding=1)
 
     def forward(self, out: torch.Tensor, x: torch.Tensor, tokens: torch.Tensor, temb: torch.Tensor,
                 grid: tuple[int, int, int]) -> torch.Tensor:
