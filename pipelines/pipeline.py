@@ -747,6 +747,16 @@ def _is_number(v) -> bool:
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
+def _is_guidance_interval(v) -> bool:
+    from video_dit.flow import check_guidance_interval
+
+    try:
+        check_guidance_interval(v)
+    except ValueError:
+        return False
+    return True
+
+
 # model_index.json settings: (key, test, what would work)
 _SETTING_CHECKS = (
     ("native_frames", lambda v: _is_int(v) and v >= 1, "a whole number of frames, 1 or more"),
@@ -762,7 +772,7 @@ _SETTING_CHECKS = (
     ("given_guidance_scale", lambda v: v is None or (_is_number(v) and v >= 0),
      "a number >= 0, or null for guidance_scale"),
     ("guidance_interval", lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v))
-     and 0 <= v[0] < v[1] <= 1, "two noise levels [low, high] with 0 <= low < high <= 1, e.g. [0.3, 1.0]"),
+     and _is_guidance_interval(v), "two noise levels [low, high] with 0 <= low < high <= 1, e.g. [0.3, 1.0]"),
 )
 
 

@@ -120,13 +120,17 @@ def add_guidance_interval_argument(parser) -> None:
 
 
 def check_guidance_interval(value) -> tuple[float, float] | None:
+    """`video_dit.flow.check_guidance_interval`'s rule, in the flag's words."""
     if value is None:
         return None
-    low, high = value
-    if not 0 <= low < high <= 1:  # NaN fails too
+    from video_dit.flow import check_guidance_interval as check
+
+    try:
+        return check(value)
+    except ValueError:
+        low, high = value
         raise UserError(f"--guidance-interval {low:g} {high:g}; use two noise levels 0 <= LOW < HIGH <= 1, "
-                        "e.g. 0.3 1")
-    return float(low), float(high)
+                        "e.g. 0.3 1") from None
 
 
 def run_sampling(args, task: str) -> int:
